@@ -1,0 +1,1 @@
+DROP TABLE enriched_findings;

@@ -1,0 +1,1 @@
+ALTER TABLE enriched_findings DROP COLUMN description;

@@ -1,0 +1,1 @@
+ALTER TABLE enriched_findings ADD COLUMN description TEXT;

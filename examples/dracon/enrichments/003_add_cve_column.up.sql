@@ -1,0 +1,1 @@
+ALTER TABLE enriched_findings ADD COLUMN cve VARCHAR(32);

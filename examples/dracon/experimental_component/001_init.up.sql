@@ -1,0 +1,4 @@
+CREATE TABLE experiments (
+    id INTEGER PRIMARY KEY,
+    name VARCHAR(255) NOT NULL UNIQUE
+);

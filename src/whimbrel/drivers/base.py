@@ -1,0 +1,302 @@
+"""The small interface every database driver implements.
+
+Modelled on golang-migrate's Lock/Run/SetVersion and dbmate's one-file-per-database drivers:
+a driver knows how to connect, lock, keep its tracking tables, and run SQL. Everything
+else (what to run, in which order, what is refused) lives in the engine.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import ClassVar
+
+from whimbrel.urls import DatabaseURL, Dialect
+
+# Columns of a tracking table, in order. A table with a different set of columns is not ours.
+TRACKING_COLUMNS = (
+    "version",
+    "name",
+    "file",
+    "sha256",
+    "status",
+    "statements_done",
+    "statements_sha256",
+    "error",
+    "down_sql",
+    "applied_at",
+    "duration_ms",
+    "applied_by",
+)
+
+APPLIED = "applied"
+APPLYING = "applying"  # started, not known to have finished: dirty
+REVERTING = "reverting"  # revert started, not known to have finished: dirty
+
+LockWaitCallback = Callable[[str | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingRow:
+    version: int
+    name: str
+    file: str
+    sha256: str
+    status: str
+    statements_done: int
+    statements_sha256: str | None
+    error: str | None
+    has_down_sql: bool
+    applied_at: datetime | None
+    duration_ms: float | None
+    applied_by: str | None
+
+    @property
+    def dirty(self) -> bool:
+        return self.status != APPLIED
+
+
+@dataclass(frozen=True, slots=True)
+class RowValues:
+    """A tracking row to insert or overwrite."""
+
+    version: int
+    name: str
+    file: str
+    sha256: str
+    status: str
+    statements_done: int
+    statements_sha256: str | None
+    down_sql: str | None
+    duration_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class InsertRow:
+    table: str
+    row: RowValues
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRow:
+    table: str
+    version: int
+
+
+TrackingWrite = InsertRow | DeleteRow
+
+
+def with_duration(writes: Sequence[TrackingWrite], seconds: float) -> list[TrackingWrite]:
+    """Fill in the duration of inserted rows that the caller could not time itself."""
+    return [
+        InsertRow(w.table, replace(w.row, duration_ms=seconds * 1000))
+        if isinstance(w, InsertRow) and w.row.duration_ms is None
+        else w
+        for w in writes
+    ]
+
+
+class StatementError(Exception):
+    """The database refused a statement.
+
+    `index` is the 0-based statement that failed when the driver knows it; `position` is a
+    0-based character offset into the SQL it was given, when the database reports one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int | None = None,
+        position: int | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.index = index
+        self.position = position
+        self.sqlstate = sqlstate
+
+
+def client_identity() -> str:
+    """Who is applying: shown to other processes waiting for the lock and stored per row."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in some containers
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+class Driver(ABC):
+    dialect: ClassVar[Dialect]
+    # Whether DDL and the tracking row can commit together.
+    transactional_ddl: ClassVar[bool]
+
+    def __init__(self, url: DatabaseURL) -> None:
+        self.url = url
+
+    # -- connection -------------------------------------------------------------------
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- the run lock -----------------------------------------------------------------
+    @abstractmethod
+    def acquire_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:
+        """Block until this session holds the database-wide migration lock, or raise LockTimeout."""
+
+    @abstractmethod
+    def release_lock(self) -> None: ...
+
+    # -- tracking tables --------------------------------------------------------------
+    @abstractmethod
+    def quote(self, identifier: str) -> str: ...
+
+    @abstractmethod
+    def qualified(self, table: str) -> str:
+        """The table's name qualified with the schema/database it lives in."""
+
+    @abstractmethod
+    def table_columns(self, table: str) -> set[str] | None:
+        """Column names of `table`, or None when there is no such table."""
+
+    @abstractmethod
+    def create_table(self, table: str) -> None: ...
+
+    @abstractmethod
+    def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]: ...
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        """Run one statement of ours in autocommit mode."""
+
+    @abstractmethod
+    def to_datetime(self, value: object) -> datetime | None: ...
+
+    @property
+    def placeholder(self) -> str:
+        return "%s"
+
+    def read_rows(self, table: str) -> list[TrackingRow]:
+        rows = self.fetch(
+            "SELECT version, name, file, sha256, status, statements_done, statements_sha256, "
+            "error, down_sql IS NOT NULL, applied_at, duration_ms, applied_by "
+            f"FROM {self.qualified(table)} ORDER BY version"
+        )
+        return [
+            TrackingRow(
+                version=int(r[0]),  # type: ignore[call-overload]
+                name=str(r[1]),
+                file=str(r[2]),
+                sha256=str(r[3]).strip(),
+                status=str(r[4]),
+                statements_done=int(r[5]),  # type: ignore[call-overload]
+                statements_sha256=str(r[6]).strip() if r[6] is not None else None,
+                error=str(r[7]) if r[7] is not None else None,
+                has_down_sql=bool(r[8]),
+                applied_at=self.to_datetime(r[9]),
+                duration_ms=float(r[10]) if r[10] is not None else None,  # type: ignore[arg-type]
+                applied_by=str(r[11]) if r[11] is not None else None,
+            )
+            for r in rows
+        ]
+
+    def read_down_sql(self, table: str, version: int) -> str | None:
+        rows = self.fetch(
+            f"SELECT down_sql FROM {self.qualified(table)} WHERE version = {self.placeholder}",
+            (version,),
+        )
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    # -- tracking writes outside a migration's own transaction ---------------------------
+    def now_sql(self) -> str:
+        return "CURRENT_TIMESTAMP"
+
+    def insert_sql(self, write: InsertRow) -> tuple[str, tuple[object, ...]]:
+        p = self.placeholder
+        row = write.row
+        sql = (
+            f"INSERT INTO {self.qualified(write.table)} (version, name, file, sha256, status, "
+            "statements_done, statements_sha256, error, down_sql, applied_at, duration_ms, "
+            f"applied_by) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, NULL, {p}, {self.now_sql()},"
+            f" {p}, {p})"
+        )
+        params = (
+            row.version,
+            row.name,
+            row.file,
+            row.sha256,
+            row.status,
+            row.statements_done,
+            row.statements_sha256,
+            row.down_sql,
+            row.duration_ms,
+            client_identity(),
+        )
+        return sql, params
+
+    def write(self, write: TrackingWrite) -> None:
+        if isinstance(write, InsertRow):
+            self.execute(*self.insert_sql(write))
+        else:
+            self.execute(
+                f"DELETE FROM {self.qualified(write.table)} WHERE version = {self.placeholder}",
+                (write.version,),
+            )
+
+    def update_progress(
+        self, table: str, version: int, statements_done: int, statements_sha256: str
+    ) -> None:
+        p = self.placeholder
+        self.execute(
+            f"UPDATE {self.qualified(table)} SET statements_done = {p}, statements_sha256 = {p} "
+            f"WHERE version = {p}",
+            (statements_done, statements_sha256, version),
+        )
+
+    def set_status(
+        self,
+        table: str,
+        version: int,
+        *,
+        status: str,
+        error: str | None = None,
+        sha256: str | None = None,
+        duration_ms: float | None = None,
+        reset_progress: bool = False,
+    ) -> None:
+        p = self.placeholder
+        sets = [f"status = {p}", f"error = {p}"]
+        params: list[object] = [status, error]
+        if sha256 is not None:
+            sets.append(f"sha256 = {p}")
+            params.append(sha256)
+        if duration_ms is not None:
+            sets += [f"duration_ms = {p}", f"applied_at = {self.now_sql()}"]
+            params.append(duration_ms)
+        if reset_progress:
+            sets += ["statements_done = 0", "statements_sha256 = NULL"]
+        params.append(version)
+        self.execute(
+            f"UPDATE {self.qualified(table)} SET {', '.join(sets)} WHERE version = {p}",
+            tuple(params),
+        )
+
+    # -- running migrations -----------------------------------------------------------
+    @abstractmethod
+    def run_atomic(
+        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
+    ) -> None:
+        """Run `sql` and the tracking `writes` in one transaction; all or nothing.
+
+        `statements` is `sql` split into statements, for drivers that must send them one
+        by one; a driver that sends `sql` whole may receive None. Raises StatementError.
+        """
+
+    @abstractmethod
+    def run_statement(self, sql: str) -> None:
+        """Run one statement of a migration outside any transaction of ours."""

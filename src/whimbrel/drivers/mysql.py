@@ -1,0 +1,237 @@
+"""MySQL and MariaDB, through PyMySQL.
+
+DDL commits implicitly here, so a migration is never atomic: the engine records a
+migration as `applying` first and advances its statement counter after every statement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import re
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, ClassVar
+
+from whimbrel.drivers.base import (
+    Driver,
+    LockWaitCallback,
+    StatementError,
+    TrackingWrite,
+    with_duration,
+)
+from whimbrel.errors import ConnectionFailed, LockTimeout, UsageError
+from whimbrel.urls import DatabaseURL, redact
+
+if TYPE_CHECKING:
+    import pymysql
+
+# MySQL reports "... near '...' at line N", N counted from the statement's first line.
+_AT_LINE = re.compile(r" at line (\d+)$")
+# Client-side errors: the server went away or could not be reached.
+_CONNECTION_ERRORS = {2003, 2006, 2013, 2055}
+_MAX_LOCK_NAME = 64
+
+
+class MySQLDriver(Driver):
+    dialect: ClassVar = "mysql"
+    transactional_ddl: ClassVar = False
+
+    def __init__(self, url: DatabaseURL, *, connect_timeout: float, application_name: str) -> None:
+        super().__init__(url)
+        import pymysql
+        from pymysql.constants import CLIENT
+
+        if not url.database:
+            raise UsageError(f"the MySQL URL {url} names no database: add /DBNAME")
+        params = url.params
+        kwargs: dict[str, object] = {
+            "host": url.host or "localhost",
+            "port": url.port or 3306,
+            "user": url.user or "root",
+            "password": url.password or "",
+            "database": url.database,
+            "charset": params.get("charset", "utf8mb4"),
+            "autocommit": True,
+            "client_flag": CLIENT.MULTI_STATEMENTS,
+            "connect_timeout": max(1, round(connect_timeout)),
+            "program_name": application_name[:32],
+        }
+        socket = params.get("socket") or params.get("unix_socket")
+        if socket:
+            kwargs["unix_socket"] = socket
+        ssl = {k.removeprefix("ssl_"): v for k, v in params.items() if k.startswith("ssl_")}
+        if ssl or params.get("ssl", "").lower() in {"true", "1"}:
+            kwargs["ssl"] = ssl
+        try:
+            self.conn: pymysql.connections.Connection[pymysql.cursors.Cursor] = pymysql.connect(
+                **kwargs  # type: ignore[call-overload]
+            )
+        except pymysql.MySQLError as exc:
+            raise ConnectionFailed(f"cannot connect to {url}: {self._describe(exc)}") from None
+        name = f"whimbrel:{url.database}"
+        if len(name) > _MAX_LOCK_NAME:
+            name = "whimbrel:" + hashlib.sha256(url.database.encode()).hexdigest()[:40]
+        self.lock_name = name
+
+    def _describe(self, exc: Exception) -> str:
+        args: tuple[object, ...] = getattr(exc, "args", ())
+        if len(args) >= 2 and isinstance(args[0], int):
+            text = f"ERROR {args[0]}: {args[1]}"
+        else:
+            text = str(exc)
+        return redact(text, self.url.secrets())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # already gone
+            self.conn.close()
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _run(self, sql: str, params: Sequence[object]) -> list[tuple[object, ...]]:
+        import pymysql
+
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(sql, tuple(params) if params else None)
+                rows = list(cur.fetchall()) if cur.description else []
+                while cur.nextset():
+                    pass
+                return rows
+        except pymysql.OperationalError as exc:
+            if exc.args and exc.args[0] in _CONNECTION_ERRORS:
+                raise ConnectionFailed(
+                    f"lost the connection to {self.url}: {self._describe(exc)}"
+                ) from None
+            raise
+
+    def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        return self._run(sql, params)
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        self._run(sql, params)
+
+    def quote(self, identifier: str) -> str:
+        return "`" + identifier.replace("`", "``") + "`"
+
+    def qualified(self, table: str) -> str:
+        assert self.url.database is not None
+        return f"{self.quote(self.url.database)}.{self.quote(table)}"
+
+    def now_sql(self) -> str:
+        return "UTC_TIMESTAMP(6)"
+
+    def to_datetime(self, value: object) -> datetime | None:
+        return value.replace(tzinfo=timezone.utc) if isinstance(value, datetime) else None
+
+    # -- lock ---------------------------------------------------------------------------
+    def acquire_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:
+        if self.fetch("SELECT GET_LOCK(%s, 0)", (self.lock_name,))[0][0] == 1:
+            return
+        holder = self.lock_holder()
+        on_wait(holder)
+        got = self.fetch("SELECT GET_LOCK(%s, %s)", (self.lock_name, max(1, math.ceil(timeout))))[
+            0
+        ][0]
+        if got != 1:
+            raise LockTimeout(
+                f"gave up after {timeout:g} s waiting for the migration lock on {self.url}"
+                + (f", held by {self.lock_holder() or holder}" if holder else "")
+            )
+
+    def lock_holder(self) -> str | None:
+        owner = self.fetch("SELECT IS_USED_LOCK(%s)", (self.lock_name,))[0][0]
+        if owner is None:
+            return None
+        rows = self.fetch(
+            "SELECT USER, HOST, TIME FROM information_schema.PROCESSLIST WHERE ID = %s", (owner,)
+        )
+        if not rows:
+            return f"connection {owner}"
+        user, host, seconds = rows[0]
+        return f"connection {owner} ({user}@{host}, connected for {seconds} s)"
+
+    def release_lock(self) -> None:
+        self.execute("SELECT RELEASE_LOCK(%s)", (self.lock_name,))
+
+    # -- tracking tables ----------------------------------------------------------------
+    def table_columns(self, table: str) -> set[str] | None:
+        rows = self.fetch(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+            (table,),
+        )
+        if rows:
+            return {str(r[0]).lower() for r in rows}
+        exists = self.fetch(
+            "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME = %s",
+            (table,),
+        )
+        return set() if exists else None
+
+    def create_table(self, table: str) -> None:
+        comment = f"whimbrel: applied migrations of the set {table}"
+        self.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.qualified(table)} ("
+            "version BIGINT NOT NULL PRIMARY KEY, "
+            "name VARCHAR(255) NOT NULL, "
+            "file VARCHAR(1024) NOT NULL, "
+            "sha256 CHAR(64) NOT NULL, "
+            "status VARCHAR(16) NOT NULL, "
+            "statements_done INT NOT NULL DEFAULT 0, "
+            "statements_sha256 CHAR(64) NULL, "
+            "error TEXT NULL, "
+            "down_sql LONGTEXT NULL, "
+            "applied_at DATETIME(6) NOT NULL, "
+            "duration_ms DOUBLE NULL, "
+            "applied_by VARCHAR(255) NULL"
+            ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COMMENT=%s",
+            (comment,),
+        )
+
+    # -- running migrations -------------------------------------------------------------
+    def run_atomic(
+        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
+    ) -> None:
+        # Only DML is atomic on MySQL; the engine sends DDL through run_statement instead.
+        assert statements is not None
+        started = time.perf_counter()
+        self.execute("BEGIN")
+        try:
+            for index, statement in enumerate(statements):
+                self._statement(statement, index)
+            for write in with_duration(writes, time.perf_counter() - started):
+                self.write(write)
+            self.execute("COMMIT")
+        except BaseException:
+            self.execute("ROLLBACK")
+            raise
+
+    def run_statement(self, sql: str) -> None:
+        self._statement(sql, 0)
+
+    def _statement(self, sql: str, index: int) -> None:
+        import pymysql
+
+        try:
+            self._run(sql, ())
+        except pymysql.MySQLError as exc:
+            message = self._describe(exc)
+            position = None
+            if match := _AT_LINE.search(message):
+                position = _offset_of_line(sql, int(match[1]))
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+            raise StatementError(
+                message, index=index, position=position, sqlstate=str(code) if code else None
+            ) from None
+
+
+def _offset_of_line(text: str, line: int) -> int | None:
+    offset = 0
+    for _ in range(line - 1):
+        offset = text.find("\n", offset) + 1
+        if offset == 0:
+            return None
+    return offset

@@ -1,0 +1,178 @@
+"""SQLite, through the standard sqlite3 module.
+
+SQLite has no session locks that outlive a transaction, so the run lock is an exclusive
+flock(2) on a file beside the database (`<db>.whimbrel-lock`); the kernel drops it when the
+holding process dies, so a killed run never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import ClassVar
+
+from whimbrel.drivers.base import (
+    Driver,
+    LockWaitCallback,
+    StatementError,
+    TrackingWrite,
+    client_identity,
+    with_duration,
+)
+from whimbrel.errors import ConnectionFailed, LockTimeout
+from whimbrel.urls import DatabaseURL
+
+LOCK_SUFFIX = ".whimbrel-lock"
+
+
+class SQLiteDriver(Driver):
+    dialect: ClassVar = "sqlite"
+    transactional_ddl: ClassVar = True
+
+    def __init__(self, url: DatabaseURL, *, create: bool, busy_timeout: float) -> None:
+        super().__init__(url)
+        assert url.path is not None
+        self.path = url.path
+        if not create and not os.path.exists(self.path):
+            raise ConnectionFailed(f"SQLite database file {self.path} does not exist")
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise ConnectionFailed(f"cannot create SQLite database {self.path}: no folder {folder}")
+        try:
+            self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout)
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        except sqlite3.Error as exc:
+            raise ConnectionFailed(f"cannot open SQLite database {self.path}: {exc}") from None
+        self._lock_fd: int | None = None
+
+    def close(self) -> None:
+        self.conn.close()
+        self.release_lock()
+
+    # -- plumbing -----------------------------------------------------------------------
+    @property
+    def placeholder(self) -> str:
+        return "?"
+
+    def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        return list(self.conn.execute(sql, tuple(params)).fetchall())
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        self.conn.execute(sql, tuple(params))
+
+    def quote(self, identifier: str) -> str:
+        return '"' + identifier.replace('"', '""') + '"'
+
+    def qualified(self, table: str) -> str:
+        return f'"main".{self.quote(table)}'
+
+    def now_sql(self) -> str:
+        return "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+    def to_datetime(self, value: object) -> datetime | None:
+        if not isinstance(value, str):
+            return None
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+    # -- lock ---------------------------------------------------------------------------
+    def acquire_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:
+        import fcntl
+
+        lock_path = self.path + LOCK_SUFFIX
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    on_wait(self._holder(fd))
+                    waited = True
+                if time.monotonic() >= deadline:
+                    holder = self._holder(fd)
+                    os.close(fd)
+                    raise LockTimeout(
+                        f"gave up after {timeout:g} s waiting for the migration lock "
+                        f"{lock_path}" + (f", held by {holder}" if holder else "")
+                    ) from None
+                # flock has no timed wait; poll with a short, growing interval.
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 2, 0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{client_identity()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
+        self._lock_fd = fd
+
+    @staticmethod
+    def _holder(fd: int) -> str | None:
+        text = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+        return text or None
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    # -- tracking tables ----------------------------------------------------------------
+    def table_columns(self, table: str) -> set[str] | None:
+        exists = self.fetch(
+            "SELECT 1 FROM sqlite_master WHERE name = ? AND type IN ('table', 'view')", (table,)
+        )
+        if not exists:
+            return None
+        return {str(r[1]) for r in self.fetch(f"PRAGMA main.table_info({self.quote(table)})")}
+
+    def create_table(self, table: str) -> None:
+        self.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.qualified(table)} ("
+            "version INTEGER PRIMARY KEY, "
+            "name TEXT NOT NULL, "
+            "file TEXT NOT NULL, "
+            "sha256 TEXT NOT NULL, "
+            "status TEXT NOT NULL, "
+            "statements_done INTEGER NOT NULL DEFAULT 0, "
+            "statements_sha256 TEXT, "
+            "error TEXT, "
+            "down_sql TEXT, "
+            "applied_at TEXT NOT NULL, "
+            "duration_ms REAL, "
+            "applied_by TEXT)"
+        )
+
+    # -- running migrations -------------------------------------------------------------
+    def run_atomic(
+        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
+    ) -> None:
+        assert statements is not None
+        started = time.perf_counter()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for index, statement in enumerate(statements):
+                self._statement(statement, index)
+            for write in with_duration(writes, time.perf_counter() - started):
+                self.write(write)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def run_statement(self, sql: str) -> None:
+        self._statement(sql, 0)
+
+    def _statement(self, sql: str, index: int) -> None:
+        try:
+            self.conn.execute(sql)
+        except sqlite3.Error as exc:
+            name = getattr(exc, "sqlite_errorname", None)
+            raise StatementError(f"ERROR: {exc}", index=index, sqlstate=name) from None

@@ -1,0 +1,730 @@
+"""Engine: run migrations under the database-wide lock.
+
+Every run that changes anything holds one lock from start to finish, re-reads the tracking
+tables once it holds it, refuses unsafe states before running anything, checks every file
+it will run, and only then executes. A migration is atomic (one transaction with its
+tracking row) where the database allows; otherwise it is recorded as `applying` first and
+its statement counter advances after every statement, so a failure can be resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol
+
+from whimbrel.discovery import Migration, MigrationSet, Section
+from whimbrel.drivers import Driver, connect
+from whimbrel.drivers.base import (
+    APPLIED,
+    APPLYING,
+    REVERTING,
+    TRACKING_COLUMNS,
+    DeleteRow,
+    InsertRow,
+    RowValues,
+    StatementError,
+    client_identity,
+)
+from whimbrel.errors import (
+    ConnectionFailed,
+    InvalidMigrationsError,
+    MigrationFailed,
+    RefusedError,
+    UsageError,
+)
+from whimbrel.plan import MigrationState, SetState, compare
+from whimbrel.sqlsplit import SplitError, Statement, is_transaction_control, split_statements
+from whimbrel.urls import DatabaseURL, Dialect
+
+Direction = Literal["up", "down"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    lock_timeout: float = 60.0
+    connect_timeout: float = 10.0
+    allow_drift: bool = False
+    allow_out_of_order: bool = False
+    resume: bool = False
+    dry_run: bool = False
+    # How to spell the command in recovery hints, e.g. "whimbrel migrations apply db/ --url URL".
+    hint_path: str = "PATH"
+
+
+class Reporter(Protocol):
+    def lock_waiting(self, holder: str | None) -> None: ...
+    def step_started(self, step: Step) -> None: ...
+    def step_finished(self, step: Step, outcome: StepOutcome) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+class NullReporter:
+    def lock_waiting(self, holder: str | None) -> None:
+        pass
+
+    def step_started(self, step: Step) -> None:
+        pass
+
+    def step_finished(self, step: Step, outcome: StepOutcome) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Step:
+    """One migration to run in one direction."""
+
+    set_name: str
+    direction: Direction
+    version: int
+    name: str
+    file: str
+    section: Section
+    migration: Migration | None
+    resume_from: int = 0
+    resuming: bool = False  # continues a dirty row instead of starting a new one
+    statements: tuple[Statement, ...] = ()
+    atomic: bool = True
+
+    @property
+    def table(self) -> str:
+        return self.set_name
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    set_name: str
+    version: int
+    name: str
+    file: str
+    direction: Direction
+    status: Literal["applied", "reverted", "planned"]
+    duration_ms: float | None
+    statements: int
+    atomic: bool
+    resumed_from: int = 0
+
+
+@dataclass
+class RunResult:
+    command: str
+    dry_run: bool
+    sets: list[str]
+    steps: list[StepOutcome] = field(default_factory=list)
+
+
+def application_name(command: str) -> str:
+    return f"whimbrel {command} {client_identity()}"[:63]
+
+
+@contextmanager
+def session(
+    url: DatabaseURL, options: RunOptions, command: str, *, create: bool = False
+) -> Iterator[Driver]:
+    driver = connect(
+        url,
+        create=create,
+        connect_timeout=options.connect_timeout,
+        busy_timeout=options.lock_timeout,
+        application_name=application_name(command),
+    )
+    try:
+        yield driver
+    finally:
+        driver.close()
+
+
+@contextmanager
+def locked(driver: Driver, options: RunOptions, reporter: Reporter) -> Iterator[None]:
+    driver.acquire_lock(options.lock_timeout, reporter.lock_waiting)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # the connection is gone, and the lock with it
+            driver.release_lock()
+
+
+def read_states(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
+    states = []
+    for migration_set in sets:
+        columns = driver.table_columns(migration_set.table)
+        if columns is None:
+            states.append(compare(migration_set, None))
+            continue
+        if columns != set(TRACKING_COLUMNS):
+            raise RefusedError(
+                f"set {migration_set.name!r}: the table {migration_set.table!r} exists but is "
+                "not a whimbrel tracking table"
+                + (f" (its columns: {', '.join(sorted(columns))})" if columns else "")
+                + "; whimbrel will not touch it. Rename the set's folder or that table."
+            )
+        states.append(compare(migration_set, driver.read_rows(migration_set.table)))
+    return states
+
+
+def _statements_hash(statements: Sequence[Statement]) -> str:
+    digest = hashlib.sha256()
+    for statement in statements:
+        digest.update(statement.text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+# -- refusing unsafe states -------------------------------------------------------------
+def _recover_hint(set_name: str, version: int, options: RunOptions, direction: str) -> str:
+    path = options.hint_path
+    return (
+        f"  To recover, either fix the file and continue where it stopped:\n"
+        f"    whimbrel migrations {'apply' if direction == 'apply' else 'revert'} {path} "
+        f"--url URL --set {set_name} --resume\n"
+        f"  or repair the database by hand, then record the outcome:\n"
+        f"    whimbrel migrations mark {path} --url URL --set {set_name} --version {version} "
+        "--applied   (or --not-applied)"
+    )
+
+
+def describe_dirty(state: MigrationState) -> str:
+    row = state.row
+    assert row is not None
+    action = "applying" if row.status == APPLYING else "reverting"
+    text = (
+        f"migration {state.version} ({state.file}) is dirty: {action} it started but did not "
+        f"finish; {row.statements_done} statement(s) completed"
+    )
+    if row.error:
+        text += f"; it failed with: {row.error.splitlines()[0]}"
+    return text
+
+
+def check_safe(
+    states: Sequence[SetState], options: RunOptions, command: Literal["apply", "revert"]
+) -> None:
+    problems: list[str] = []
+    for state in states:
+        for dirty in state.with_status("dirty"):
+            assert dirty.row is not None
+            direction = "apply" if dirty.row.status == APPLYING else "revert"
+            if options.resume and direction == command:
+                continue
+            problems.append(
+                f"set {state.name!r}: {describe_dirty(dirty)}\n"
+                + _recover_hint(state.name, dirty.version, options, direction)
+            )
+        if not options.allow_drift:
+            for changed in state.with_status("modified"):
+                problems.append(
+                    f"set {state.name!r}: {changed.file} was modified after it was applied "
+                    f"(recorded sha256 {changed.recorded_sha256}, file sha256 {changed.sha256}). "
+                    "Restore the file, or pass --allow-drift to go on anyway."
+                )
+            for missing in state.with_status("missing"):
+                problems.append(
+                    f"set {state.name!r}: migration {missing.version} ({missing.file}) is "
+                    "recorded as applied but its file is missing. Restore the file, or pass "
+                    "--allow-drift to go on anyway."
+                )
+        if command == "apply" and not options.allow_out_of_order:
+            late = state.out_of_order
+            if late:
+                newest = max(m.version for m in state.recorded)
+                problems.append(
+                    f"set {state.name!r}: {', '.join(m.file for m in late)} "
+                    f"{'is' if len(late) == 1 else 'are'} older than the newest applied "
+                    f"migration ({newest}) but not applied (out of order). Renumber "
+                    f"{'it' if len(late) == 1 else 'them'} after {newest}, or pass "
+                    "--allow-out-of-order to apply anyway."
+                )
+    if problems:
+        raise RefusedError(
+            "refusing to " + command + "; nothing was changed:\n" + "\n".join(problems)
+        )
+
+
+# -- preparing steps --------------------------------------------------------------------
+def prepare(step: Step, dialect: Dialect, transactional_ddl: bool) -> Step:
+    """Split and check a step's SQL for this database, before anything runs."""
+    section = step.section
+    try:
+        statements = split_statements(section.sql, dialect, line_offset=section.line_offset)
+    except SplitError as exc:
+        raise InvalidMigrationsError(
+            exc.message, set_name=step.set_name, file=section.file, line=exc.line
+        ) from None
+    if not statements and step.direction == "up":
+        raise InvalidMigrationsError(
+            "has no SQL statements (only comments)", set_name=step.set_name, file=section.file
+        )
+    own_transactions = any(is_transaction_control(s, dialect) for s in statements)
+    atomic = transactional_ddl and section.transaction and not own_transactions
+    return replace(step, statements=tuple(statements), atomic=atomic)
+
+
+def _check_resume(step: Step, state: MigrationState) -> Step:
+    row = state.row
+    assert row is not None
+    done = row.statements_done
+    if done > len(step.statements):
+        raise RefusedError(
+            f"set {step.set_name!r}: cannot resume {step.file}: {done} statement(s) completed "
+            f"but the file now has only {len(step.statements)}"
+        )
+    if done and row.statements_sha256 != _statements_hash(step.statements[:done]):
+        raise RefusedError(
+            f"set {step.set_name!r}: cannot resume {step.file}: the {done} statement(s) that "
+            "already ran have changed since. Repair by hand and use "
+            "`whimbrel migrations mark`."
+        )
+    return replace(step, resume_from=done, resuming=True)
+
+
+# -- executing steps --------------------------------------------------------------------
+def _failure(step: Step, exc: StatementError, *, rolled_back: bool) -> MigrationFailed:
+    statements = step.statements
+    index = exc.index
+    line = None
+    position_known = exc.position is not None
+    if index is not None and index >= len(statements):
+        # Every statement of the file ran; our own tracking write failed.
+        index = None
+        position_known = False
+    if step.atomic and position_known:
+        # The position is an offset into the whole section; find its statement.
+        from whimbrel.sqlsplit import line_at, statement_index_at
+
+        assert exc.position is not None
+        line = line_at(step.section.sql, exc.position, line_offset=step.section.line_offset)
+        index = statement_index_at(statements, exc.position)
+    elif index is not None and 0 <= index < len(statements):
+        statement = statements[index]
+        line = statement.line
+        if position_known:
+            assert exc.position is not None
+            line += statement.text.count("\n", 0, exc.position)
+    statement_text = (
+        statements[index].text if index is not None and index < len(statements) else None
+    )
+    where = f"set {step.set_name!r}, {step.file}"
+    if index is not None:
+        where += f", statement {index + 1} of {len(statements)}"
+    if line is not None:
+        where += f" (line {line})"
+    verb = "applying" if step.direction == "up" else "reverting"
+    if rolled_back:
+        done_word = "applied" if step.direction == "up" else "reverted"
+        after = f"It ran in a transaction: nothing of {step.file} was {done_word}."
+    else:
+        done = index if index is not None else 0
+        after = (
+            f"{step.file} is now dirty: {done} statement(s) completed before the failure "
+            "and were not rolled back (this database commits DDL at once). Fix the file, "
+            "then continue with --resume."
+        )
+    message = f"{verb} failed: {where}:\n{_indent(exc.message)}"
+    if statement_text is not None:
+        message += "\n  statement:\n" + _indent(_clip(statement_text), "    ")
+    if exc.sqlstate == "25001":
+        message += (
+            "\n  hint: this statement cannot run inside a transaction; mark the section "
+            "with `transaction:false`"
+        )
+    message += "\n" + after
+    return MigrationFailed(
+        message,
+        set_name=step.set_name,
+        file=step.file,
+        statement_index=index,
+        statement_count=len(statements),
+        line=line,
+        statement=statement_text,
+        database_message=exc.message,
+        rolled_back=rolled_back,
+    )
+
+
+def _indent(text: str, prefix: str = "  ") -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+def _clip(text: str, limit: int = 600) -> str:
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _row(migration: Migration, status: str, done: int, done_sha: str | None) -> RowValues:
+    return RowValues(
+        version=migration.version,
+        name=migration.name,
+        file=migration.file,
+        sha256=migration.sha256,
+        status=status,
+        statements_done=done,
+        statements_sha256=done_sha,
+        down_sql=migration.down.sql if migration.down is not None else None,
+        duration_ms=None,
+    )
+
+
+def execute_step(driver: Driver, step: Step) -> StepOutcome:
+    started = time.perf_counter()
+    try:
+        if step.atomic:
+            _run_atomic(driver, step)
+        else:
+            _run_stepwise(driver, step)
+    except ConnectionFailed as exc:
+        state = (
+            "it ran in a transaction, so nothing of it was recorded"
+            if step.atomic
+            else "it is now dirty; `whimbrel migrations inspect` shows how far it got"
+        )
+        raise ConnectionFailed(
+            f"{exc.message}\nwhile running {step.file} of set {step.set_name!r}: {state}"
+        ) from None
+    duration_ms = (time.perf_counter() - started) * 1000
+    return StepOutcome(
+        set_name=step.set_name,
+        version=step.version,
+        name=step.name,
+        file=step.file,
+        direction=step.direction,
+        status="applied" if step.direction == "up" else "reverted",
+        duration_ms=duration_ms,
+        statements=len(step.statements),
+        atomic=step.atomic,
+        resumed_from=step.resume_from,
+    )
+
+
+def _run_atomic(driver: Driver, step: Step) -> None:
+    writes: list[InsertRow | DeleteRow]
+    if step.direction == "up":
+        assert step.migration is not None
+        done_sha = _statements_hash(step.statements)
+        row = _row(step.migration, APPLIED, len(step.statements), done_sha)
+        writes = [InsertRow(step.table, row)]
+    else:
+        writes = [DeleteRow(step.table, step.version)]
+    # PostgreSQL sends the section whole; the others need it split.
+    texts = None if driver.dialect == "postgres" else [s.text for s in step.statements]
+    try:
+        driver.run_atomic(step.section.sql, texts, writes)
+    except StatementError as exc:
+        raise _failure(step, exc, rolled_back=True) from None
+
+
+def _run_stepwise(driver: Driver, step: Step) -> None:
+    statements = step.statements
+    start = step.resume_from
+    started = time.perf_counter()
+    if step.direction == "up":
+        assert step.migration is not None
+        if step.resuming:
+            driver.set_status(step.table, step.version, status=APPLYING)
+        else:
+            driver.write(InsertRow(step.table, _row(step.migration, APPLYING, 0, None)))
+        dirty_status = APPLYING
+    else:
+        driver.set_status(
+            step.table, step.version, status=REVERTING, reset_progress=not step.resuming
+        )
+        dirty_status = REVERTING
+    for index in range(start, len(statements)):
+        try:
+            driver.run_statement(statements[index].text)
+        except StatementError as exc:
+            if exc.index is not None:
+                exc.index = index
+            failure = _failure(step, exc, rolled_back=False)
+            driver.set_status(step.table, step.version, status=dirty_status, error=exc.message)
+            raise failure from None
+        driver.update_progress(
+            step.table, step.version, index + 1, _statements_hash(statements[: index + 1])
+        )
+    duration_ms = (time.perf_counter() - started) * 1000
+    if step.direction == "up":
+        assert step.migration is not None
+        driver.set_status(
+            step.table,
+            step.version,
+            status=APPLIED,
+            sha256=step.migration.sha256,
+            duration_ms=duration_ms,
+        )
+    else:
+        driver.write(DeleteRow(step.table, step.version))
+
+
+# -- commands -----------------------------------------------------------------------------
+def _sqlite_missing(url: DatabaseURL) -> bool:
+    return url.dialect == "sqlite" and url.path is not None and not os.path.exists(url.path)
+
+
+def inspect(sets: Sequence[MigrationSet], url: DatabaseURL, options: RunOptions) -> list[SetState]:
+    with session(url, options, "inspect") as driver:
+        return read_states(driver, sets)
+
+
+def _up_steps(states: Sequence[SetState], options: RunOptions) -> list[tuple[Step, MigrationState]]:
+    steps = []
+    for state in states:
+        if options.resume:
+            for dirty in state.with_status("dirty"):
+                assert dirty.row is not None
+                if dirty.row.status != APPLYING:
+                    continue
+                if dirty.migration is None:
+                    raise RefusedError(
+                        f"set {state.name!r}: cannot resume migration {dirty.version}: its file "
+                        "is missing"
+                    )
+                steps.append((_step(state.name, "up", dirty.migration, dirty.migration.up), dirty))
+        for pending in state.pending:
+            assert pending.migration is not None
+            migration = pending.migration
+            steps.append((_step(state.name, "up", migration, migration.up), pending))
+    return steps
+
+
+def _step(set_name: str, direction: Direction, migration: Migration, section: Section) -> Step:
+    return Step(
+        set_name=set_name,
+        direction=direction,
+        version=migration.version,
+        name=migration.name,
+        file=section.file,
+        section=section,
+        migration=migration,
+    )
+
+
+def apply(
+    sets: Sequence[MigrationSet],
+    url: DatabaseURL,
+    options: RunOptions,
+    reporter: Reporter | None = None,
+) -> RunResult:
+    reporter = reporter or NullReporter()
+    result = RunResult(command="apply", dry_run=options.dry_run, sets=[s.name for s in sets])
+    if options.dry_run and _sqlite_missing(url):
+        states = [compare(s, None) for s in sets]
+        steps = [prepare(step, "sqlite", True) for step, _ in _up_steps(states, options)]
+        result.steps = [_planned(step) for step in steps]
+        return result
+    with (
+        session(url, options, "apply", create=not options.dry_run) as driver,
+        _maybe_locked(driver, options, reporter),
+    ):
+        states = read_states(driver, sets)
+        check_safe(states, options, "apply")
+        planned = []
+        for step, migration_state in _up_steps(states, options):
+            prepared = prepare(step, driver.dialect, driver.transactional_ddl)
+            if migration_state.status == "dirty":
+                prepared = _check_resume(prepared, migration_state)
+            planned.append(prepared)
+        if options.dry_run:
+            result.steps = [_planned(s) for s in planned]
+            return result
+        for state in states:
+            if not state.table_exists and any(s.set_name == state.name for s in planned):
+                driver.create_table(state.set.table)
+        for step in planned:
+            reporter.step_started(step)
+            outcome = execute_step(driver, step)
+            result.steps.append(outcome)
+            reporter.step_finished(step, outcome)
+    return result
+
+
+@contextmanager
+def _maybe_locked(driver: Driver, options: RunOptions, reporter: Reporter) -> Iterator[None]:
+    if options.dry_run:
+        yield
+        return
+    with locked(driver, options, reporter):
+        yield
+
+
+def _planned(step: Step) -> StepOutcome:
+    return StepOutcome(
+        set_name=step.set_name,
+        version=step.version,
+        name=step.name,
+        file=step.file,
+        direction=step.direction,
+        status="planned",
+        duration_ms=None,
+        statements=len(step.statements),
+        atomic=step.atomic,
+        resumed_from=step.resume_from,
+    )
+
+
+def revert(
+    sets: Sequence[MigrationSet],
+    url: DatabaseURL,
+    options: RunOptions,
+    reporter: Reporter | None = None,
+    *,
+    steps: int | None = None,
+    to_version: int | None = None,
+    everything: bool = False,
+) -> RunResult:
+    """Revert the newest `steps` migrations of each set (default 1), down to `to_version`
+    (which stays applied), or `everything`."""
+    chosen_options = sum(x is not None and x is not False for x in (steps, to_version, everything))
+    if chosen_options > 1:
+        raise UsageError("choose one of --steps, --to and --all")
+    if steps is not None and steps < 1:
+        raise UsageError("--steps must be at least 1")
+    if to_version is not None and len(sets) != 1:
+        raise UsageError(
+            "--to VERSION names a version of one set; choose the set with --set "
+            f"(sets here: {', '.join(s.name for s in sets)})"
+        )
+    reporter = reporter or NullReporter()
+    result = RunResult(command="revert", dry_run=options.dry_run, sets=[s.name for s in sets])
+    with session(url, options, "revert") as driver, _maybe_locked(driver, options, reporter):
+        states = read_states(driver, sets)
+        check_safe(states, options, "revert")
+        planned: list[Step] = []
+        for state in reversed(states):
+            for step, row_state in _down_steps(
+                state, driver, options, steps, to_version, everything
+            ):
+                prepared = prepare(step, driver.dialect, driver.transactional_ddl)
+                if row_state.status == "dirty":
+                    prepared = _check_resume(prepared, row_state)
+                planned.append(prepared)
+        if options.dry_run:
+            result.steps = [_planned(s) for s in planned]
+            return result
+        for step in planned:
+            reporter.step_started(step)
+            outcome = execute_step(driver, step)
+            result.steps.append(outcome)
+            reporter.step_finished(step, outcome)
+    return result
+
+
+def _down_steps(
+    state: SetState,
+    driver: Driver,
+    options: RunOptions,
+    steps: int | None,
+    to_version: int | None,
+    everything: bool,
+) -> list[tuple[Step, MigrationState]]:
+    recorded = sorted(state.recorded, key=lambda m: m.version, reverse=True)
+    if to_version is not None:
+        if to_version not in {m.version for m in recorded}:
+            raise UsageError(
+                f"set {state.name!r}: --to {to_version} is not an applied version "
+                f"(applied: {', '.join(str(m.version) for m in reversed(recorded)) or 'none'})"
+            )
+        chosen = [m for m in recorded if m.version > to_version]
+    elif everything:
+        chosen = recorded
+    else:
+        chosen = recorded[: steps or 1]
+    result = []
+    for target in chosen:
+        section = _down_section(state, target, driver)
+        if section is None:
+            raise RefusedError(
+                f"refusing to revert; nothing was changed: set {state.name!r}: "
+                f"{target.file} has no down migration, so it cannot be reverted"
+            )
+        step = Step(
+            set_name=state.name,
+            direction="down",
+            version=target.version,
+            name=target.name,
+            file=section.file,
+            section=section,
+            migration=target.migration,
+        )
+        result.append((step, target))
+    return result
+
+
+def _down_section(state: SetState, target: MigrationState, driver: Driver) -> Section | None:
+    migration = target.migration
+    if migration is not None and target.status in ("applied", "dirty"):
+        return migration.down
+    # Modified or missing: undo what was applied, as recorded when it was applied.
+    assert target.row is not None
+    recorded = (
+        driver.read_down_sql(state.set.table, target.version) if target.row.has_down_sql else None
+    )
+    if recorded is not None:
+        return Section(
+            file=f"{target.file} (down section recorded when applied)",
+            sql=recorded,
+            line_offset=0,
+            transaction=migration.down.transaction if migration and migration.down else True,
+        )
+    return migration.down if migration is not None else None
+
+
+def mark(
+    sets: Sequence[MigrationSet],
+    url: DatabaseURL,
+    options: RunOptions,
+    *,
+    set_name: str,
+    version: int,
+    applied: bool,
+    reporter: Reporter | None = None,
+) -> str:
+    """Record a migration as applied or not applied without running it (recovery)."""
+    reporter = reporter or NullReporter()
+    selected = [s for s in sets if s.name == set_name]
+    if not selected:
+        raise UsageError(f"no set named {set_name!r} (sets: {', '.join(s.name for s in sets)})")
+    with session(url, options, "mark", create=False) as driver, locked(driver, options, reporter):
+        (state,) = read_states(driver, selected)
+        target = next((m for m in state.migrations if m.version == version), None)
+        if target is None:
+            raise UsageError(f"set {set_name!r} has no migration {version}")
+        table = state.set.table
+        if not applied:
+            if target.row is None:
+                return f"set {set_name!r}: migration {version} was not recorded; nothing to do"
+            driver.write(DeleteRow(table, version))
+            return f"set {set_name!r}: migration {version} ({target.file}) marked as not applied"
+        migration = target.migration
+        if migration is None:
+            raise RefusedError(
+                f"set {set_name!r}: migration {version} has no file; cannot mark it applied"
+            )
+        up = _step(set_name, "up", migration, migration.up)
+        statements = prepare(up, driver.dialect, driver.transactional_ddl).statements
+        if not state.table_exists:
+            driver.create_table(table)
+        if target.row is not None:
+            driver.write(DeleteRow(table, version))
+        driver.write(
+            InsertRow(
+                table,
+                RowValues(
+                    version=version,
+                    name=migration.name,
+                    file=migration.file,
+                    sha256=migration.sha256,
+                    status=APPLIED,
+                    statements_done=len(statements),
+                    statements_sha256=_statements_hash(statements),
+                    down_sql=migration.down.sql if migration.down else None,
+                    duration_ms=0.0,
+                ),
+            )
+        )
+        return f"set {set_name!r}: migration {version} ({migration.file}) marked as applied"

@@ -1,0 +1,252 @@
+"""Rendering results for people (tables, progress) and machines (JSON).
+
+rich draws the tables when stdout is a terminal; piped output gets plain aligned text,
+which also keeps rich's import cost off scripted runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+import click
+
+from whimbrel.engine import RunResult, Step, StepOutcome
+from whimbrel.plan import MigrationState, SetState
+
+_STATUS_COLOURS = {
+    "applied": "green",
+    "pending": "yellow",
+    "modified": "red",
+    "missing": "red",
+    "dirty": "red",
+}
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _migration_json(state: MigrationState) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "version": str(state.version),
+        "name": state.name,
+        "file": state.file,
+        "status": state.status,
+        "sha256": state.sha256,
+        "applied_at": iso(state.applied_at),
+    }
+    row = state.row
+    if row is not None:
+        doc["recorded_sha256"] = row.sha256
+        doc["duration_ms"] = round(row.duration_ms, 3) if row.duration_ms is not None else None
+        doc["applied_by"] = row.applied_by
+    if state.status == "dirty" and row is not None:
+        doc["dirty"] = {
+            "direction": "apply" if row.status == "applying" else "revert",
+            "statements_done": row.statements_done,
+            "error": row.error,
+        }
+    return doc
+
+
+def inspect_json(states: Sequence[SetState]) -> str:
+    doc = {
+        "sets": [
+            {
+                "name": state.name,
+                "table": state.set.table,
+                "path": str(state.set.path),
+                "migrations": [_migration_json(m) for m in state.migrations],
+            }
+            for state in states
+        ]
+    }
+    return json.dumps(doc, indent=2)
+
+
+def _summary(state: SetState) -> str:
+    counts: dict[str, int] = {}
+    for m in state.migrations:
+        counts[m.status] = counts.get(m.status, 0) + 1
+    if not state.migrations:
+        return "no migrations"
+    if state.up_to_date:
+        return f"up to date ({counts['applied']} applied)"
+    order = ("applied", "pending", "modified", "missing", "dirty")
+    return ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
+
+
+def _rows(state: SetState) -> list[tuple[str, str, str, str, str]]:
+    rows: list[tuple[str, str, str, str, str]] = []
+    for m in state.migrations:
+        applied = iso(m.applied_at)
+        rows.append(
+            (
+                str(m.version),
+                m.name,
+                m.status,
+                applied.replace("T", " ")[:19] if applied else "-",
+                m.file,
+            )
+        )
+    return rows
+
+
+def print_inspect(states: Sequence[SetState], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    if out.isatty():
+        _print_inspect_rich(states)
+        return
+    headers = ("VERSION", "NAME", "STATUS", "APPLIED AT (UTC)", "FILE")
+    for index, state in enumerate(states):
+        if index:
+            out.write("\n")
+        out.write(f"{state.name} (table {state.set.table}): {_summary(state)}\n")
+        rows = _rows(state)
+        if not rows:
+            continue
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        for row in (headers, *rows):
+            out.write(
+                "  "
+                + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                + "\n"
+            )
+        for m in state.with_status("dirty", "modified"):
+            out.write(f"  ! {_problem(m)}\n")
+
+
+def _problem(m: MigrationState) -> str:
+    if m.status == "modified":
+        return f"{m.file}: file sha256 {m.sha256} differs from applied {m.recorded_sha256}"
+    from whimbrel.engine import describe_dirty
+
+    return describe_dirty(m)
+
+
+def _print_inspect_rich(states: Sequence[SetState]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for state in states:
+        table = Table(
+            title=f"{state.name} [dim](table {state.set.table})[/dim]: {_summary(state)}",
+            title_justify="left",
+        )
+        for header in ("Version", "Name", "Status", "Applied at (UTC)", "File"):
+            table.add_column(header)
+        for row in _rows(state):
+            colour = _STATUS_COLOURS[row[2]]
+            table.add_row(row[0], row[1], f"[{colour}]{row[2]}[/{colour}]", row[3], row[4])
+        console.print(table)
+        for m in state.with_status("dirty", "modified"):
+            console.print(f"  [red]![/red] {_problem(m)}", highlight=False)
+
+
+def run_json(result: RunResult) -> str:
+    return json.dumps(
+        {
+            "command": result.command,
+            "dry_run": result.dry_run,
+            "sets": result.sets,
+            "migrations": [_outcome_json(o) for o in result.steps],
+        },
+        indent=2,
+    )
+
+
+def _outcome_json(outcome: StepOutcome) -> dict[str, Any]:
+    return {
+        "set": outcome.set_name,
+        "version": str(outcome.version),
+        "name": outcome.name,
+        "file": outcome.file,
+        "direction": outcome.direction,
+        "status": outcome.status,
+        "duration_ms": round(outcome.duration_ms, 3) if outcome.duration_ms is not None else None,
+        "statements": outcome.statements,
+        "transaction": outcome.atomic,
+        "resumed_from_statement": outcome.resumed_from + 1 if outcome.resumed_from else None,
+    }
+
+
+def _format_ms(ms: float) -> str:
+    return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
+
+
+class ProgressReporter:
+    """Prints one line per migration as it runs, with its time."""
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.colour = self.out.isatty()
+
+    def _style(self, text: str, colour: str) -> str:
+        return click.style(text, fg=colour) if self.colour else text
+
+    def lock_waiting(self, holder: str | None) -> None:
+        who = f"held by {holder}" if holder else "held by another run"
+        self.err.write(f"waiting for the migration lock ({who}) ...\n")
+        self.err.flush()
+
+    def step_started(self, step: Step) -> None:
+        verb = "applying" if step.direction == "up" else "reverting"
+        resumed = f" from statement {step.resume_from + 1}" if step.resume_from else ""
+        self.out.write(f"{step.set_name}: {verb} {step.file}{resumed} ... ")
+        self.out.flush()
+
+    def step_finished(self, step: Step, outcome: StepOutcome) -> None:
+        assert outcome.duration_ms is not None
+        word = "applied" if step.direction == "up" else "reverted"
+        self.out.write(f"{self._style(word, 'green')} in {_format_ms(outcome.duration_ms)}\n")
+        self.out.flush()
+
+    def failed(self) -> None:
+        self.out.write(self._style("FAILED", "red") + "\n")
+        self.out.flush()
+
+    def note(self, text: str) -> None:
+        self.err.write(text + "\n")
+
+
+def print_run(result: RunResult, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    if result.dry_run:
+        verb = "apply" if result.command == "apply" else "revert"
+        if not result.steps:
+            out.write(f"Nothing to {verb}.\n")
+        else:
+            out.write(f"Would {verb}, in this order:\n")
+            for step in result.steps:
+                mode = "in a transaction" if step.atomic else "statement by statement"
+                count = f"{step.statements} statement{'s' if step.statements != 1 else ''}"
+                resumed = (
+                    f", resuming at statement {step.resumed_from + 1}" if step.resumed_from else ""
+                )
+                out.write(f"  {step.set_name}: {step.file} ({count}, {mode}{resumed})\n")
+        out.write("Dry run: nothing was changed.\n")
+        return
+    total = sum(s.duration_ms or 0 for s in result.steps)
+    sets = sorted({s.set_name for s in result.steps})
+    if not result.steps:
+        if result.command == "apply":
+            out.write("Nothing to apply: every set is up to date.\n")
+        else:
+            out.write("Nothing to revert.\n")
+        return
+    word = "Applied" if result.command == "apply" else "Reverted"
+    n = len(result.steps)
+    out.write(
+        f"{word} {n} migration{'s' if n != 1 else ''} in {len(sets)} set"
+        f"{'s' if len(sets) != 1 else ''} ({_format_ms(total)}).\n"
+    )

@@ -1,0 +1,695 @@
+"""Split SQL migration text into statements, per dialect.
+
+The splitter is used to run non-transactional migrations one statement at a
+time, to map a database error back to a statement and line of the file, and to
+detect explicit transaction control in a file.
+
+It is a lexer-level splitter, not a parser: it knows each dialect's quoting and
+comment rules, the MySQL client's ``DELIMITER`` convention, and enough about
+compound statements (``BEGIN ... END`` bodies that are not quoted) to keep them
+whole:
+
+* PostgreSQL: ``CREATE [OR REPLACE] FUNCTION|PROCEDURE ... BEGIN ATOMIC ... END``
+  (the heuristic psql 14+ uses).
+* MySQL/MariaDB: ``CREATE [DEFINER=...] PROCEDURE|FUNCTION|TRIGGER|EVENT ...
+  BEGIN ... END`` written without a ``DELIMITER`` change, and MariaDB's
+  top-level ``BEGIN NOT ATOMIC ... END``.
+* SQLite: ``CREATE [TEMP] TRIGGER ... BEGIN ... END``, using the rule of
+  ``sqlite3_complete()``: inside a trigger only a ``;`` that directly follows
+  ``END`` which directly follows ``;`` ends the statement.  (SQLite accepts
+  ``begin``/``end`` as column names, so counting them would be wrong.)
+
+Performance: the scan never loops over characters in Python.  Compiled regular
+expressions, whose top-level alternatives all start with a literal character so
+that the regex engine can skip uninteresting text at C speed, jump from one
+interesting token to the next; quoted strings are consumed whole by the regex
+engine.  Line numbers are counted incrementally between statement starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal, get_args
+
+__all__ = [
+    "Dialect",
+    "SplitError",
+    "Statement",
+    "is_transaction_control",
+    "line_at",
+    "split_statements",
+    "statement_index_at",
+]
+
+Dialect = Literal["postgres", "mysql", "sqlite"]
+
+_DIALECTS: frozenset[str] = frozenset(get_args(Dialect))
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One statement of a SQL text.
+
+    ``text`` is the statement without its terminating delimiter, stripped of
+    surrounding whitespace and of leading comments; comments inside (and
+    trailing comments before the delimiter) are kept verbatim.
+    ``sql[start:end] == text`` for the ``sql`` it was split from.
+    """
+
+    text: str
+    line: int
+    start: int
+    end: int
+
+
+class SplitError(ValueError):
+    """The SQL text cannot be split (unterminated quote or comment, bad DELIMITER)."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.message = message
+        self.line = line
+
+    def __reduce__(self) -> tuple[type[SplitError], tuple[str, int]]:
+        return (type(self), (self.message, self.line))
+
+
+# --------------------------------------------------------------------------
+# Regular expressions
+# --------------------------------------------------------------------------
+
+# Characters that can continue an unquoted identifier: ASCII word characters,
+# "$" and anything non-ASCII (all three dialects accept non-ASCII letters).
+_IDC = r"0-9A-Za-z_$\x80-\U0010ffff"
+
+_NONWS = re.compile(r"\S")
+
+# The regexes below never repeat a group once per character: the regex engine
+# keeps state for every iteration of a group, so that would cost memory in
+# proportion to the input.  Comments are matched atomically (the lookahead +
+# backreference idiom) so that a failing match cannot backtrack into them.
+_atomic_names = itertools.count()
+
+
+def _atomic(pattern: str) -> str:
+    name = f"_a{next(_atomic_names)}"
+    return rf"(?=(?P<{name}>{pattern}))(?P={name})"
+
+
+def _c_comment() -> str:  # non-nesting /* ... */
+    return _atomic(r"/\*[\s\S]*?\*/")
+
+
+def _my_c_comment() -> str:  # not a /*! or /*M! executable comment
+    return _atomic(r"/\*(?!M?!)[\s\S]*?\*/")
+
+
+# A line comment runs to the end of the line, so it cannot match in two ways.
+_PG_LINE_COMMENT = r"--[^\n\r]*(?![^\n\r])"
+_LITE_LINE_COMMENT = r"--[^\n]*(?![^\n])"
+_MY_LINE_COMMENT = r"(?:--(?=[\x00-\x20\x7f]|\Z)|\#)[^\n]*(?![^\n])"
+
+# Whitespace and comments only (used with fullmatch between a ';' and an END).
+_PG_BLANK = re.compile(rf"\s*(?:(?:{_PG_LINE_COMMENT}|{_c_comment()})\s*){{0,64}}")
+_MY_BLANK = re.compile(rf"\s*(?:(?:{_MY_LINE_COMMENT}|{_my_c_comment()})\s*){{0,64}}")
+_LITE_BLANK = re.compile(rf"\s*(?:(?:{_LITE_LINE_COMMENT}|{_c_comment()})\s*){{0,64}}")
+
+_IDENT_END = rf"(?![{_IDC}])"
+
+
+# Separators between the words of a statement head: the end of a word, then
+# whitespace and (a few) comments.
+def _pg_sep() -> str:
+    return rf"{_IDENT_END}\s*(?:(?:{_PG_LINE_COMMENT}|{_c_comment()})\s*){{0,64}}"
+
+
+def _lite_sep() -> str:
+    return rf"{_IDENT_END}\s*(?:(?:{_LITE_LINE_COMMENT}|{_c_comment()})\s*){{0,64}}"
+
+
+def _my_sep() -> str:
+    # mysqldump wraps words in executable comments: /*!50003 CREATE*/
+    return (
+        rf"(?:\s*(?:{_MY_LINE_COMMENT}|{_my_c_comment()}|/\*M?!\d*|\*/)){{0,64}}\s*"
+    )
+
+
+_PG_HEAD = re.compile(
+    rf"(?i:create){_pg_sep()}(?:(?i:or){_pg_sep()}(?i:replace){_pg_sep()})?"
+    rf"(?i:function|procedure){_IDENT_END}"
+)
+_MY_USER_PART = (
+    r"(?:'[^'\\]*(?:\\[\s\S][^'\\]*){0,16}'|\"[^\"\\]*(?:\\[\s\S][^\"\\]*){0,16}\""
+    r"|`[^`]*(?:``[^`]*){0,16}`|[0-9A-Za-z_$.%\-\x80-\U0010ffff]+)"
+)
+_MY_DEFINER = (
+    rf"(?i:definer)\s*=\s*(?:(?i:current_user)(?:\s*\(\s*\))?{_IDENT_END}"
+    rf"|{_MY_USER_PART}(?:\s*@\s*{_MY_USER_PART})?)"
+)
+_MY_HEAD = re.compile(
+    rf"(?:/\*M?!\d*\s*)?(?i:create){_IDENT_END}{_my_sep()}"
+    rf"(?:(?i:or){_IDENT_END}{_my_sep()}(?i:replace){_IDENT_END}{_my_sep()})?"
+    rf"(?:{_MY_DEFINER}{_my_sep()})?"
+    rf"(?:(?i:sql){_IDENT_END}{_my_sep()}(?i:security){_IDENT_END}{_my_sep()}"
+    rf"[A-Za-z]+{_IDENT_END}{_my_sep()})?"
+    rf"(?:(?i:aggregate){_IDENT_END}{_my_sep()})?"
+    rf"(?i:procedure|function|trigger|event){_IDENT_END}"
+    rf"|(?i:begin){_IDENT_END}{_my_sep()}(?i:not){_IDENT_END}{_my_sep()}"
+    rf"(?i:atomic){_IDENT_END}"
+)
+_LITE_HEAD = re.compile(
+    rf"(?:(?i:explain){_lite_sep()}(?:(?i:query){_lite_sep()}(?i:plan){_lite_sep()})?)?"
+    rf"(?i:create){_lite_sep()}(?:(?i:temp|temporary){_lite_sep()}){{0,64}}"
+    rf"(?i:trigger){_IDENT_END}"
+)
+
+# mysql client DELIMITER command at the start of a line.
+_MY_DL = re.compile(r"\n[ \t]*(?i:delimiter)(?=\s|\Z)")
+_MY_DL_FIRST = re.compile(r"[ \t]*(?i:delimiter)(?=\s|\Z)")
+_MY_DL_ARG = re.compile(r"[ \t]*(\S*)")
+
+
+def _keyword(word: str, rest: str, not_after: str) -> list[str]:
+    """Regex branches for a whole-word keyword, each starting with a literal.
+
+    Every top-level alternative of a token regex must start with a literal
+    character; otherwise the regex engine cannot skip ahead at C speed.
+    """
+    first, tail = word[0], word[1:]
+    return [
+        rf"{letter}(?<![{not_after}][\s\S])(?i:{tail}{rest})(?![{_IDC}])"
+        for letter in (first.lower(), first.upper())
+    ]
+
+
+# Keywords tracked inside compound (routine) statements.
+_BLOCK_KEYWORDS = [
+    *_keyword("begin", rf"(?:\s+(?:not\s+)?atomic(?![{_IDC}]))?", _IDC + ".@"),
+    *_keyword("case", "", _IDC + ".@"),
+    *_keyword(
+        "end", rf"(?:\s+(?:if|loop|while|repeat|for|case)(?![{_IDC}]))?", _IDC + ".@"
+    ),
+]
+_LITE_KEYWORDS = _keyword("end", "", _IDC)
+
+# Token regexes.  Every alternative starts with a literal character (see
+# _keyword).  A quoted string with up to 32 escapes is matched whole (the
+# bounded repeat keeps the regex engine's memory bounded); longer ones, and
+# unterminated ones, match only their opening quote and are finished by
+# _scan_quoted().
+_PG_TOKENS = [
+    ";",
+    r"'[^']*(?:''[^']*){0,32}'(?!')",
+    r'"[^"]*(?:""[^"]*){0,32}"(?!")',
+    rf"\$(?<![{_IDC}]\$)(?:[A-Za-z_\x80-\U0010ffff][0-9A-Za-z_\x80-\U0010ffff]*)?\$",
+    r"--[^\n\r]*",
+    r"/\*",
+    "'",
+    '"',
+]
+_LITE_TOKENS = [
+    ";",
+    r"'[^']*(?:''[^']*){0,32}'(?!')",
+    r'"[^"]*(?:""[^"]*){0,32}"(?!")',
+    r"`[^`]*(?:``[^`]*){0,32}`(?!`)",
+    r"\[[^\]]*\]",
+    r"--[^\n]*",
+    r"/\*",
+    "'",
+    '"',
+    "`",
+    r"\[",
+]
+
+
+def _my_tokens(delimiter: str) -> list[str]:
+    return [
+        re.escape(delimiter),  # first: the delimiter wins, as in the mysql client
+        r"'[^'\\]*(?:(?:\\[\s\S]|'')[^'\\]*){0,32}'(?!')",
+        r'"[^"\\]*(?:(?:\\[\s\S]|"")[^"\\]*){0,32}"(?!")',
+        r"`[^`]*(?:``[^`]*){0,32}`(?!`)",
+        r"--(?=[\x00-\x20\x7f]|\Z)[^\n]*",
+        r"\#[^\n]*",
+        r"/\*M?!",
+        r"/\*",
+        "'",
+        '"',
+        "`",
+    ]
+
+
+@lru_cache(maxsize=64)
+def _my_regex(delimiter: str) -> re.Pattern[str]:
+    return re.compile("|".join(_my_tokens(delimiter)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    normal: re.Pattern[str]
+    routine: re.Pattern[str]
+    head: re.Pattern[str]  # start of a compound (routine) statement
+    head_chars: str  # the characters such a head can start with
+    blank: re.Pattern[str]
+    mode: int  # routine mode: 1 = BEGIN/CASE/END depth, 2 = sqlite3_complete rule
+
+
+_SPECS: dict[str, _Spec] = {
+    "postgres": _Spec(
+        normal=re.compile("|".join(_PG_TOKENS)),
+        routine=re.compile("|".join(_PG_TOKENS + _BLOCK_KEYWORDS)),
+        head=_PG_HEAD,
+        head_chars="cC",
+        blank=_PG_BLANK,
+        mode=1,
+    ),
+    "mysql": _Spec(
+        normal=_my_regex(";"),
+        routine=re.compile("|".join(_my_tokens(";") + _BLOCK_KEYWORDS)),
+        head=_MY_HEAD,
+        head_chars="cCbB",
+        blank=_MY_BLANK,
+        mode=1,
+    ),
+    "sqlite": _Spec(
+        normal=re.compile("|".join(_LITE_TOKENS)),
+        routine=re.compile("|".join(_LITE_TOKENS + _LITE_KEYWORDS)),
+        head=_LITE_HEAD,
+        head_chars="cCeE",
+        blank=_LITE_BLANK,
+        mode=2,
+    ),
+}
+
+# Bodies of quoted strings that contain escapes (slow path).  The repeat is
+# bounded because the regex engine keeps state per iteration of a group.
+_QUOTED_BODY: dict[tuple[str, bool], Callable[[str, int], re.Match[str] | None]] = {}
+for _q in ("'", '"', "`"):
+    _e = re.escape(_q)
+    _QUOTED_BODY[(_q, False)] = re.compile(rf"[^{_e}]*(?:{_e}{_e}[^{_e}]*){{0,512}}").match
+    _QUOTED_BODY[(_q, True)] = re.compile(
+        rf"[^{_e}\\]*(?:(?:\\[\s\S]|{_e}{_e})[^{_e}\\]*){{0,512}}"
+    ).match
+
+_PG_COMMENT_DELIMS = re.compile(r"/\*|\*/")
+
+_TXN: dict[str, re.Pattern[str]] = {
+    "postgres": re.compile(
+        rf"(?i:begin(?!\s+atomic(?![{_IDC}]))|start\s+transaction|commit|end|abort"
+        rf"|rollback(?!\s+(?:(?:work|transaction)\s+)?to(?![{_IDC}]))"
+        rf"|prepare\s+transaction)(?![{_IDC}])"
+    ),
+    "mysql": re.compile(
+        rf"(?:/\*M?!\d*\s*)?"
+        rf"(?i:begin(?!\s+not\s+atomic(?![{_IDC}]))|start\s+transaction|commit"
+        rf"|rollback(?!\s+(?:work\s+)?to(?![{_IDC}]))"
+        rf"|set\s+(?:(?:session|local)\s+|@@(?:session\.|local\.)?)?autocommit)(?![{_IDC}])"
+    ),
+    "sqlite": re.compile(
+        rf"(?i:begin|commit|end|rollback(?!\s+(?:transaction\s+)?to(?![{_IDC}])))(?![{_IDC}])"
+    ),
+}
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+
+# Building a frozen dataclass through __init__ costs four object.__setattr__
+# calls; the splitter makes one per statement, so it fills the slots directly.
+# new(Statement) + the four setters is equivalent to Statement(text, line, start, end).
+_STATEMENT_BUILDERS: tuple[Any, Any, Any, Any, Any] = (
+    object.__new__,
+    *(Statement.__dict__[name].__set__ for name in ("text", "line", "start", "end")),
+)
+
+
+def _check_dialect(dialect: str) -> None:
+    if dialect not in _DIALECTS:
+        raise ValueError(f"unknown SQL dialect {dialect!r} (expected one of {sorted(_DIALECTS)})")
+
+
+def _is_ident_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_" or ch == "$" or ch >= "\x80"
+
+
+def _scan_quoted(sql: str, start: int, quote: str, backslash: bool) -> int:
+    """End (just after the closing quote) of the quoted text opened at ``start``, or -1."""
+    body = _QUOTED_BODY[(quote, backslash)]
+    n = len(sql)
+    p = start + 1
+    while True:
+        m = body(sql, p)
+        e = p if m is None else m.end()
+        if e >= n:
+            return -1
+        if sql[e] == quote:
+            if e + 1 < n and sql[e + 1] == quote:  # doubled quote past the repeat bound
+                p = e
+                continue
+            return e + 1
+        # a backslash: either past the repeat bound, or the last character
+        if e + 1 >= n:
+            return -1
+        p = e
+
+
+def _pg_comment_end(sql: str, start: int) -> int:
+    """End of the (nesting) PostgreSQL block comment opened at ``start``, or -1."""
+    depth = 1
+    p = start + 2
+    search = _PG_COMMENT_DELIMS.search
+    while True:
+        m = search(sql, p)
+        if m is None:
+            return -1
+        p = m.end()
+        if sql[m.start()] == "/":
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                return p
+
+
+def _quote_name(quote: str, dialect: str) -> str:
+    if quote == "'":
+        return "string literal (')"
+    if quote == '"':
+        return 'double-quoted string (")' if dialect == "mysql" else 'quoted identifier (")'
+    if quote == "`":
+        return "quoted identifier (`)"
+    return "bracketed identifier ([)"
+
+
+def _delimiter_line(sql: str, keyword_end: int, line_offset: int) -> tuple[str, int]:
+    """Parse a mysql ``DELIMITER`` line; return the new delimiter and the line's end."""
+    m = _MY_DL_ARG.match(sql, keyword_end)
+    arg = m.group(1) if m is not None else ""
+    if not arg:
+        raise SplitError(
+            "DELIMITER must be followed by the new delimiter (e.g. 'DELIMITER $$')",
+            line_at(sql, keyword_end, line_offset=line_offset),
+        )
+    if "\\" in arg:
+        raise SplitError(
+            f"DELIMITER {arg!r} is not allowed: a delimiter cannot contain a backslash",
+            line_at(sql, keyword_end, line_offset=line_offset),
+        )
+    end = sql.find("\n", m.end() if m is not None else keyword_end)
+    return arg, len(sql) if end < 0 else end
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+
+def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> list[Statement]:
+    """Split ``sql`` into statements according to ``dialect``.
+
+    Empty statements (only whitespace and comments) are dropped.  Line numbers
+    are 1-based, plus ``line_offset``.  Raises :class:`SplitError` for an
+    unterminated quote, dollar quote or block comment, and for a malformed or
+    misplaced mysql ``DELIMITER`` line.
+    """
+    _check_dialect(dialect)
+    spec = _SPECS[dialect]
+    pg = dialect == "postgres"
+    mysql = dialect == "mysql"
+    n = len(sql)
+    out: list[Statement] = []
+    append = out.append
+    new, set_text, set_line, set_start, set_end = _STATEMENT_BUILDERS
+    nonws = _NONWS.search
+    head = spec.head.match
+    head_chars = spec.head_chars  # first characters of a routine head ("" = none)
+    blank = spec.blank.fullmatch
+    routine_search = spec.routine.search
+    normal_search = spec.normal.search
+    search = normal_search
+    routine_mode = spec.mode
+
+    delim = ";"
+    d0 = ";"
+    dlen = 1
+    pos = 1 if sql.startswith("\ufeff") else 0
+    stmt_start = -1  # offset of the current statement's first significant char
+    line_pos = 0  # line_no is the line of offset line_pos
+    line_no = 1 + line_offset
+
+    mode = 0  # 0: ordinary statement; otherwise spec.mode inside a routine statement
+    stack: list[bool] = []  # open blocks inside a routine: True = BEGIN, False = CASE
+    last_semi = -1  # just after the last ';' inside the routine statement
+    last_begin = -1  # just after the last BEGIN [[NOT] ATOMIC] inside it
+    end_ok = -1  # sqlite: just after an END that directly follows a ';'
+
+    never = n + 1
+    dl_nl = never  # offset of the '\n' before the next DELIMITER line (mysql)
+    if mysql:
+        dl_nl = -1
+        first = _MY_DL_FIRST.match(sql, pos)
+        if first is not None:
+            delim, pos = _delimiter_line(sql, first.end(), line_offset)
+            d0, dlen = delim[0], len(delim)
+            if delim != ";":
+                normal_search = search = _my_regex(delim).search
+                head_chars = ""
+
+    while True:
+        if dl_nl < pos:
+            dm = _MY_DL.search(sql, pos)
+            dl_nl = never if dm is None else dm.start()
+        m = search(sql, pos)
+        if m is None:
+            ts = te = n
+        else:
+            ts, te = m.span()
+
+        if dl_nl < ts:  # a DELIMITER line, outside quotes and comments
+            dm = _MY_DL.match(sql, dl_nl)
+            assert dm is not None
+            if stmt_start >= 0 or nonws(sql, pos, dl_nl) is not None:
+                raise SplitError(
+                    f"DELIMITER inside an unfinished statement; end the previous "
+                    f"statement with {delim!r} first",
+                    line_at(sql, dm.end(), line_offset=line_offset),
+                )
+            delim, pos = _delimiter_line(sql, dm.end(), line_offset)
+            d0, dlen = delim[0], len(delim)
+            if delim == ";":
+                normal_search = search = spec.normal.search
+                head_chars = spec.head_chars
+            else:
+                normal_search = search = _my_regex(delim).search
+                head_chars = ""
+            continue
+
+        if m is None:
+            break
+
+        if stmt_start < 0:
+            g = nonws(sql, pos, ts)
+            if g is not None:
+                stmt_start = g.start()
+                if sql[stmt_start] in head_chars and head(sql, stmt_start) is not None:
+                    # a compound (routine) statement starts here
+                    pos = stmt_start
+                    mode = routine_mode
+                    search = routine_search
+                    stack.clear()
+                    last_semi = last_begin = end_ok = -1
+                    continue
+
+        c = sql[ts]
+
+        # statement delimiter
+        if c == d0 and (dlen == 1 or sql.startswith(delim, ts)):
+            pos = te
+            if stmt_start < 0:
+                continue
+            if mode:
+                if mode == 1:
+                    if stack:
+                        last_semi = te
+                        continue
+                elif end_ok < 0 or blank(sql, end_ok, ts) is None:
+                    last_semi = te
+                    end_ok = -1
+                    continue
+                mode = 0
+                search = normal_search
+            text = sql[stmt_start:ts].rstrip()
+            line_no += sql.count("\n", line_pos, stmt_start)
+            line_pos = stmt_start
+            st = new(Statement)
+            set_text(st, text)
+            set_line(st, line_no)
+            set_start(st, stmt_start)
+            set_end(st, stmt_start + len(text))
+            append(st)
+            stmt_start = -1
+            continue
+
+        # quoted strings and identifiers
+        if c == "'" or c == '"' or c == "`" or c == "[":
+            if stmt_start < 0:
+                stmt_start = ts
+            if (
+                pg
+                and c == "'"
+                and ts > 0
+                and sql[ts - 1] in "eE"
+                and (ts < 2 or not _is_ident_char(sql[ts - 2]))
+            ):
+                # E'...' escape string: backslash escapes too
+                if te - ts == 1 or sql.find("\\", ts, te) >= 0:
+                    te = _scan_quoted(sql, ts, "'", True)
+            elif te - ts == 1:  # the fast pattern failed: escapes, or unterminated
+                if c == "[":
+                    te = -1
+                else:
+                    te = _scan_quoted(sql, ts, c, mysql and c != "`")
+            if te < 0:
+                raise SplitError(
+                    f"unterminated {_quote_name(c, dialect)}",
+                    line_at(sql, ts, line_offset=line_offset),
+                )
+            pos = te
+            continue
+
+        # line comments
+        if c == "-" or c == "#":
+            pos = te
+            continue
+
+        # block comments; mysql executable comments /*! ... */ are content
+        if c == "/":
+            if te - ts > 2:
+                pos = te
+                if stmt_start < 0:
+                    stmt_start = ts
+                    if head_chars and head(sql, ts) is not None:  # /*!50003 CREATE*/ ...
+                        pos = ts
+                        mode = routine_mode
+                        search = routine_search
+                        stack.clear()
+                        last_semi = last_begin = end_ok = -1
+                continue
+            if pg:
+                e = _pg_comment_end(sql, ts)
+            else:
+                e = sql.find("*/", te)
+                if e >= 0:
+                    e += 2
+            if e < 0:
+                raise SplitError(
+                    "unterminated /* comment", line_at(sql, ts, line_offset=line_offset)
+                )
+            pos = e
+            continue
+
+        # PostgreSQL dollar quotes
+        if c == "$":
+            if stmt_start < 0:
+                stmt_start = ts
+            tag = sql[ts:te]
+            e = sql.find(tag, te)
+            if e < 0:
+                raise SplitError(
+                    f"unterminated dollar-quoted string {tag}",
+                    line_at(sql, ts, line_offset=line_offset),
+                )
+            pos = e + len(tag)
+            continue
+
+        # keywords, only inside routine statements
+        pos = te
+        if mode == 2:
+            # sqlite3_complete(): remember an END that directly follows a ';'
+            if last_semi >= 0 and blank(sql, last_semi, ts) is not None:
+                end_ok = te
+            else:
+                end_ok = -1
+        elif c == "b" or c == "B":
+            stack.append(True)
+            last_begin = te
+        elif c == "c" or c == "C":
+            stack.append(False)
+        elif te - ts == 3:  # a bare END
+            if stack:
+                if not stack[-1]:
+                    stack.pop()  # closes a CASE
+                else:
+                    # closes a BEGIN block only where a statement may start
+                    # (after ';' or BEGIN), so that a column named "end" is harmless
+                    p = last_semi if last_semi > last_begin else last_begin
+                    if p >= 0 and blank(sql, p, ts) is not None:
+                        stack.pop()
+        elif sql[te - 4 : te].lower() == "case":  # END CASE
+            if stack and not stack[-1]:
+                stack.pop()
+        # END IF / LOOP / WHILE / REPEAT / FOR: no change
+
+    if stmt_start < 0:
+        g2 = nonws(sql, pos, n)
+        if g2 is not None:
+            stmt_start = g2.start()
+    if stmt_start >= 0:
+        text = sql[stmt_start:].rstrip()
+        line_no += sql.count("\n", line_pos, stmt_start)
+        append(Statement(text, line_no, stmt_start, stmt_start + len(text)))
+    return out
+
+
+def _start_of(statement: Statement) -> int:
+    return statement.start
+
+
+def statement_index_at(statements: Sequence[Statement], offset: int) -> int | None:
+    """Index of the statement containing character ``offset``.
+
+    ``statements`` must be ordered by ``start`` (as returned by
+    :func:`split_statements`).  A statement contains ``start <= offset <= end``
+    (the offset just after its text, where its delimiter usually is, counts as
+    inside it).  An offset between statements maps to the next statement; an
+    offset after the last one maps to the last.  ``None`` if there are no
+    statements.
+    """
+    if not statements:
+        return None
+    i = bisect_right(statements, offset, key=_start_of) - 1
+    if i >= 0 and offset <= statements[i].end:
+        return i
+    if i + 1 < len(statements):
+        return i + 1
+    return len(statements) - 1
+
+
+def line_at(sql: str, offset: int, *, line_offset: int = 0) -> int:
+    """1-based line number (plus ``line_offset``) of character ``offset`` of ``sql``.
+
+    Offsets past the end count as the last line.
+    """
+    if offset < 0:
+        raise ValueError(f"offset must not be negative, got {offset}")
+    return sql.count("\n", 0, offset) + 1 + line_offset
+
+
+def is_transaction_control(statement: Statement, dialect: Dialect) -> bool:
+    """Whether ``statement`` is explicit transaction control in ``dialect``.
+
+    PostgreSQL: BEGIN, START TRANSACTION, COMMIT [PREPARED], END, ROLLBACK
+    [PREPARED] (not ROLLBACK TO [SAVEPOINT]), ABORT, PREPARE TRANSACTION.
+    MySQL: BEGIN [WORK] (not BEGIN NOT ATOMIC), START TRANSACTION, COMMIT,
+    ROLLBACK (not ROLLBACK TO), SET [SESSION|LOCAL] autocommit,
+    SET @@[session.|local.]autocommit.
+    SQLite: BEGIN, COMMIT, END, ROLLBACK (not ROLLBACK TO).
+    """
+    _check_dialect(dialect)
+    return _TXN[dialect].match(statement.text) is not None

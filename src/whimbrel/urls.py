@@ -1,0 +1,131 @@
+"""Database URLs: parsing, the dialect they name, and redaction of secrets."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from whimbrel.errors import UsageError
+
+Dialect = Literal["postgres", "mysql", "sqlite"]
+
+_SCHEMES: dict[str, Dialect] = {
+    "postgres": "postgres",
+    "postgresql": "postgres",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "sqlite": "sqlite",
+    "sqlite3": "sqlite",
+}
+
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    """A parsed `--url`. `str()` never shows the password."""
+
+    dialect: Dialect
+    raw: str = field(repr=False)
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    database: str | None = None
+    params: dict[str, str] = field(default_factory=dict, repr=False)
+    path: str | None = None  # SQLite file
+
+    def __str__(self) -> str:
+        return redact(self.raw)
+
+    @property
+    def display_name(self) -> str:
+        if self.dialect == "sqlite":
+            return f"sqlite {self.path}"
+        return f"{self.dialect} {self.database or ''} on {self.host or 'localhost'}"
+
+    def secrets(self) -> list[str]:
+        """Strings that must never be printed."""
+        found = []
+        if self.password:
+            found += [self.password, quote(self.password, safe="")]
+        for key, value in self.params.items():
+            if key.lower() in _SECRET_PARAMS and value:
+                found.append(value)
+        return [s for s in found if s]
+
+
+_SECRET_PARAMS = {"password", "sslpassword", "passwd", "pass"}
+_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/?#\s]*):(?P<pw>[^@/\s]*)@"
+)
+_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&;](?:password|sslpassword|passwd|pass)=)(?P<value>[^&;#\s]*)", re.IGNORECASE
+)
+_KEYWORD_SECRET = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|\S+)")
+
+
+def redact(text: str, secrets: list[str] | None = None) -> str:
+    """Hide passwords in any text: URL user-info, `?password=`, `password=...`, and known values."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+    text = _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
+    text = _KEYWORD_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
+    for secret in sorted(secrets or [], key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def parse_url(url: str) -> DatabaseURL:
+    if not url:
+        raise UsageError("no database URL: pass --url or set DATABASE_URL")
+    scheme, sep, rest = url.partition(":")
+    dialect = _SCHEMES.get(scheme.lower()) if sep else None
+    if dialect is None:
+        raise UsageError(
+            f"unsupported database URL {redact(url)!r}: use postgres://, postgresql://, "
+            "mysql://, mariadb://, sqlite:///relative.db or sqlite:////absolute.db"
+        )
+    if dialect == "sqlite":
+        return DatabaseURL(dialect="sqlite", raw=url, path=_sqlite_path(url, rest))
+
+    parts = urlsplit(url)
+    if parts.fragment:
+        raise UsageError(f"database URL {redact(url)!r} has a fragment ('#'); remove it")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"database URL {redact(url)!r} has an invalid port") from exc
+    database = unquote(parts.path.lstrip("/")) or None
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    return DatabaseURL(
+        dialect=dialect,
+        raw=url,
+        host=unquote(parts.hostname) if parts.hostname else None,
+        port=port,
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        database=database,
+        params=params,
+    )
+
+
+def _sqlite_path(url: str, rest: str) -> str:
+    # SQLAlchemy style: sqlite:///relative.db and sqlite:////absolute.db.
+    # dbmate style: sqlite:relative.db and sqlite:/absolute.db.
+    rest = rest.split("?", 1)[0]
+    if rest.startswith("///"):
+        path = rest[3:]
+    elif rest.startswith("//"):
+        raise UsageError(
+            f"ambiguous SQLite URL {url!r}: write sqlite:///relative.db or sqlite:////absolute.db"
+        )
+    else:
+        path = rest
+    path = unquote(path)
+    if not path or path == ":memory:":
+        raise UsageError(
+            f"SQLite URL {url!r} names no file (in-memory databases are not supported)"
+        )
+    return path

@@ -1,0 +1,273 @@
+"""The `whimbrel migrations` commands, run as a user runs them, on all three databases."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLES, Database, run_cli, write_tree
+
+
+def dracon(tmp_path: Path) -> Path:
+    tree = tmp_path / "migrations"
+    shutil.copytree(EXAMPLES / "dracon", tree)
+    return tree
+
+
+def inspect_json(tree: Path, db: Database, *extra: str) -> dict[str, Any]:
+    result = run_cli("migrations", "inspect", str(tree), "--url", db.url, "-o", "json", *extra)
+    assert result.returncode in (0, 3, 4), result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def statuses(doc: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    return {
+        s["name"]: [(m["version"], m["status"]) for m in s["migrations"]] for s in doc["sets"]
+    }
+
+
+def test_apply_inspect_revert_dracon_tree(db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    if db.dialect == "sqlite":
+        before = run_cli("migrations", "inspect", str(tree), "--url", db.url)
+        assert before.returncode == 6 and "does not exist" in before.stderr
+    else:
+        before = run_cli("migrations", "inspect", str(tree), "--url", db.url)
+        assert before.returncode == 3, before.stderr
+        assert "pending" in before.stdout
+
+    applied = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert applied.returncode == 0, applied.stderr
+    assert "enrichments: applying 001_init.up.sql ... applied in" in applied.stdout
+    assert "Applied 5 migrations in 2 sets" in applied.stdout
+    assert {"enrichments", "experimental_component", "enriched_findings", "experiments"} <= (
+        db.tables()
+    )
+
+    doc = inspect_json(tree, db)
+    assert statuses(doc) == {
+        "enrichments": [("1", "applied"), ("2", "applied"), ("3", "applied")],
+        "experimental_component": [("1", "applied"), ("2", "applied")],
+    }
+    first = doc["sets"][0]["migrations"][0]
+    assert first["file"] == "001_init.up.sql"
+    expected_sha = hashlib.sha256((tree / "enrichments/001_init.up.sql").read_bytes()).hexdigest()
+    assert first["sha256"] == expected_sha
+    assert first["applied_at"].endswith("Z")
+    assert doc["sets"][0]["table"] == "enrichments"
+    # The tracking table records the same hash.
+    assert db.tracking("enrichments")[0][2] == expected_sha
+
+    ok = run_cli("migrations", "inspect", str(tree), "--url", db.url)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    again = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert again.returncode == 0
+    assert "Nothing to apply" in again.stdout
+
+    # Default revert: the newest migration of each set.
+    reverted = run_cli("migrations", "revert", str(tree), "--url", db.url)
+    assert reverted.returncode == 0, reverted.stderr
+    assert statuses(inspect_json(tree, db)) == {
+        "enrichments": [("1", "applied"), ("2", "applied"), ("3", "pending")],
+        "experimental_component": [("1", "applied"), ("2", "pending")],
+    }
+    assert db.query("SELECT count(*) FROM experiments")[0][0] == 0  # table still there
+
+    everything = run_cli("migrations", "revert", str(tree), "--url", db.url, "--all")
+    assert everything.returncode == 0, everything.stderr
+    assert "enriched_findings" not in db.tables() and "experiments" not in db.tables()
+    assert db.tracking("enrichments") == []
+
+
+def test_ftl_dbmate_tree(db: Database) -> None:
+    tree = EXAMPLES / "ftl" / "db"
+    assert run_cli("migrations", "apply", str(tree), "--url", db.url).returncode == 0
+    doc = inspect_json(tree, db)
+    assert statuses(doc) == {"testdb": [("20231103205514", "applied"), ("20240704103403", "applied")]}
+    assert {"requests", "module_secrets", "testdb"} <= db.tables()
+    result = run_cli("migrations", "revert", str(tree), "--url", db.url, "--steps", "2")
+    assert result.returncode == 0, result.stderr
+    assert "requests" not in db.tables()
+
+
+def test_database_url_from_environment(sqlite_db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    result = run_cli("migrations", "apply", str(tree) + "/", env={"DATABASE_URL": sqlite_db.url})
+    assert result.returncode == 0, result.stderr
+    missing = run_cli("migrations", "apply", str(tree))
+    assert missing.returncode == 2
+    assert "DATABASE_URL" in missing.stderr
+
+
+def test_dry_run_changes_nothing(db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Would apply, in this order:"
+    assert lines[1].startswith("  enrichments: 001_init.up.sql (2 statements")
+    assert lines[4].startswith("  experimental_component: 001_init.up.sql")
+    assert "nothing was changed" in result.stdout
+    if db.dialect == "sqlite":
+        assert not Path(db.name).exists()
+    else:
+        assert db.tables() == set()
+
+
+def test_set_selection(db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url, "--set", "enrichments")
+    assert result.returncode == 0, result.stderr
+    assert "experimental_component" not in db.tables()
+    unknown = run_cli("migrations", "apply", str(tree), "--url", db.url, "--set", "nope")
+    assert unknown.returncode == 2
+    assert "no set named 'nope'" in unknown.stderr and "enrichments" in unknown.stderr
+
+
+def test_revert_to_version_and_its_rules(sqlite_db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    url = sqlite_db.url
+    assert run_cli("migrations", "apply", str(tree), "--url", url).returncode == 0
+    needs_set = run_cli("migrations", "revert", str(tree), "--url", url, "--to", "1")
+    assert needs_set.returncode == 2 and "--set" in needs_set.stderr
+    bad = run_cli("migrations", "revert", str(tree), "--url", url, "--set", "enrichments", "--to", "7")
+    assert bad.returncode == 2 and "not an applied version" in bad.stderr
+    both = run_cli("migrations", "revert", str(tree), "--url", url, "--all", "--steps", "1")
+    assert both.returncode == 2
+    result = run_cli(
+        "migrations", "revert", str(tree), "--url", url, "--set", "enrichments", "--to=1"
+    )
+    assert result.returncode == 0, result.stderr
+    assert statuses(inspect_json(tree, sqlite_db))["enrichments"] == [
+        ("1", "applied"),
+        ("2", "pending"),
+        ("3", "pending"),
+    ]
+
+
+def test_revert_without_down_is_refused_before_anything_runs(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    tree = write_tree(
+        tmp_path / "s",
+        {
+            "1_a.up.sql": "CREATE TABLE a (x int);",
+            "1_a.down.sql": "DROP TABLE a;",
+            "2_b.up.sql": "CREATE TABLE b (x int);",
+        },
+    )
+    assert run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url).returncode == 0
+    result = run_cli("migrations", "revert", str(tree), "--url", sqlite_db.url, "--all")
+    assert result.returncode == 8
+    assert "2_b.up.sql has no down migration" in result.stderr
+    assert {"a", "b"} <= sqlite_db.tables()
+
+
+def test_inspect_exit_codes_and_drift(db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    assert run_cli("migrations", "apply", str(tree), "--url", db.url).returncode == 0
+    up = tree / "enrichments/002_varchar_to_text.up.sql"
+    old_sha = hashlib.sha256(up.read_bytes()).hexdigest()
+    up.write_text(up.read_text() + "-- edited\n")
+    new_sha = hashlib.sha256(up.read_bytes()).hexdigest()
+
+    drift = run_cli("migrations", "inspect", str(tree), "--url", db.url)
+    assert drift.returncode == 4
+    assert "modified" in drift.stdout
+    refused = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert refused.returncode == 8
+    assert "002_varchar_to_text.up.sql was modified" in refused.stderr
+    assert old_sha in refused.stderr and new_sha in refused.stderr
+    assert run_cli("migrations", "revert", str(tree), "--url", db.url).returncode == 8
+
+    # A new migration plus drift: --allow-drift applies it anyway.
+    (tree / "enrichments/004_more.up.sql").write_text("CREATE TABLE more_stuff (x int);\n")
+    allowed = run_cli("migrations", "apply", str(tree), "--url", db.url, "--allow-drift")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "more_stuff" in db.tables()
+
+    (tree / "experimental_component/002_add_new_column.up.sql").unlink()
+    (tree / "experimental_component/002_add_new_column.down.sql").unlink()
+    doc = inspect_json(tree, db)
+    assert ("2", "missing") in statuses(doc)["experimental_component"]
+    missing = [m for m in doc["sets"][1]["migrations"] if m["status"] == "missing"][0]
+    assert missing["file"] == "002_add_new_column.up.sql"
+
+
+def test_pending_is_exit_3_and_drift_wins_as_exit_4(sqlite_db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url, "--set", "enrichments")
+    assert run_cli("migrations", "inspect", str(tree), "--url", sqlite_db.url).returncode == 3
+    up = tree / "enrichments/001_init.up.sql"
+    up.write_text(up.read_text() + "\n")
+    assert run_cli("migrations", "inspect", str(tree), "--url", sqlite_db.url).returncode == 4
+
+
+def test_out_of_order_is_refused_unless_allowed(db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "s", {"1_a.up.sql": "CREATE TABLE a (x int);", "3_c.up.sql": "CREATE TABLE c (x int);"}
+    )
+    assert run_cli("migrations", "apply", str(tree), "--url", db.url).returncode == 0
+    (tree / "2_b.up.sql").write_text("CREATE TABLE b (x int);")
+    refused = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert refused.returncode == 8
+    assert "2_b.up.sql is older than the newest applied migration (3)" in refused.stderr
+    assert "b" not in db.tables()
+    allowed = run_cli("migrations", "apply", str(tree), "--url", db.url, "--allow-out-of-order")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "b" in db.tables()
+
+
+def test_foreign_table_with_the_set_name_is_refused(db: Database, tmp_path: Path) -> None:
+    if db.dialect == "sqlite":
+        write_tree(tmp_path, {"seed/001_x.up.sql": "CREATE TABLE enrichments (id int, name text);"})
+        assert run_cli("migrations", "apply", str(tmp_path / "seed"), "--url", db.url).returncode == 0
+    else:
+        db.query("CREATE TABLE enrichments (id int, name text)")
+    db.query("INSERT INTO enrichments VALUES (1, 'keep me')")
+    tree = dracon(tmp_path)
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert result.returncode == 8
+    assert "not a whimbrel tracking table" in result.stderr
+    assert db.query("SELECT id, name FROM enrichments") == [(1, "keep me")]
+    assert "enriched_findings" not in db.tables()
+    assert run_cli("migrations", "inspect", str(tree), "--url", db.url).returncode == 8
+
+
+def test_invalid_files_exit_5_before_touching_the_database(sqlite_db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    (tree / "enrichments/004-bad-name.sql").write_text("SELECT 1;")
+    result = run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url)
+    assert result.returncode == 5
+    assert "set 'enrichments': file 004-bad-name.sql: malformed migration file name" in result.stderr
+    assert not Path(sqlite_db.name).exists()
+
+
+def test_comment_only_file_is_invalid_and_nothing_runs(db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "s",
+        {"1_a.up.sql": "CREATE TABLE a (x int);", "2_b.up.sql": "-- just a note\n/* and more */\n"},
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert result.returncode == 5
+    assert "2_b.up.sql: has no SQL statements (only comments)" in result.stderr
+    assert "a" not in db.tables()
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    assert run_cli("migrations", "apply").returncode == 2
+    assert run_cli("migrations", "apply", str(tree), "--url", "oracle://x/y").returncode == 2
+    assert run_cli("migrations", "frobnicate").returncode == 2
+    result = run_cli("migrations", "revert", str(tree), "--url", "sqlite:///x.db", "--steps", "0")
+    assert result.returncode == 2
+
+
+def test_help_documents_exit_codes() -> None:
+    result = run_cli("migrations", "apply", "--help")
+    assert result.returncode == 0
+    assert "Exit codes:" in result.stdout and "130" in result.stdout

@@ -1,0 +1,426 @@
+"""Failures halfway, dirty state and its recovery, multi-statement programs, locks, and
+connection problems, on the real databases."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Database, run_cli, whimbrel_executable, write_tree
+
+BROKEN_THIRD_STATEMENT = """\
+CREATE TABLE first_table (id INT);
+INSERT INTO first_table VALUES (1);
+INSERT INTO no_such_table VALUES (2);
+CREATE TABLE never_created (id INT);
+"""
+
+
+def _tree(tmp_path: Path) -> Path:
+    return write_tree(
+        tmp_path / "app",
+        {
+            "001_base.up.sql": "CREATE TABLE base (id INT);",
+            "001_base.down.sql": "DROP TABLE base;",
+            "002_broken.up.sql": BROKEN_THIRD_STATEMENT,
+            "002_broken.down.sql": "DROP TABLE IF EXISTS never_created;\nDROP TABLE first_table;",
+            "003_later.up.sql": "CREATE TABLE later (id INT);",
+        },
+    )
+
+
+def test_error_in_the_third_statement_is_reported_and_stops_the_run(
+    db: Database, tmp_path: Path
+) -> None:
+    tree = _tree(tmp_path)
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert result.returncode == 1, result.stdout + result.stderr
+    err = result.stderr
+    assert "set 'app', 002_broken.up.sql, statement 3 of 4 (line 3)" in err
+    assert "no_such_table" in err  # the statement, and the database's message
+    assert "INSERT INTO no_such_table VALUES (2)" in err
+    assert "app: applying 002_broken.up.sql ... FAILED" in result.stdout
+    tables = db.tables()
+    assert "base" in tables
+    assert "later" not in tables and "never_created" not in tables  # later work did not run
+    if db.dialect == "mysql":
+        # DDL committed: the first two statements stay, and the migration is dirty.
+        assert "first_table" in tables
+        assert "is now dirty: 2 statement(s) completed" in err
+        assert db.query("SELECT version, status, statements_done FROM app ORDER BY version") == [
+            (1, "applied", 1),
+            (2, "applying", 2),
+        ]
+    else:
+        assert "first_table" not in tables
+        assert "nothing of 002_broken.up.sql was applied" in err
+        assert [r[:2] for r in db.tracking("app")] == [(1, "applied")]
+
+
+def test_dirty_mysql_migration_refuses_then_resumes(mysql_db: Database, tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    url = mysql_db.url
+    assert run_cli("migrations", "apply", str(tree), "--url", url).returncode == 1
+
+    inspect = run_cli("migrations", "inspect", str(tree), "--url", url, "-o", "json")
+    assert inspect.returncode == 4
+    broken = json.loads(inspect.stdout)["sets"][0]["migrations"][1]
+    assert broken["status"] == "dirty"
+    assert broken["dirty"]["statements_done"] == 2
+    assert "no_such_table" in broken["dirty"]["error"]
+
+    for command in ("apply", "revert"):
+        refused = run_cli("migrations", command, str(tree), "--url", url)
+        assert refused.returncode == 8, refused.stderr
+        assert "002_broken.up.sql) is dirty" in refused.stderr
+        assert "--resume" in refused.stderr and "migrations mark" in refused.stderr
+
+    # Fix the failing statement; the two before it are unchanged, so resume continues at 3.
+    (tree / "002_broken.up.sql").write_text(
+        BROKEN_THIRD_STATEMENT.replace("no_such_table", "first_table")
+    )
+    resumed = run_cli("migrations", "apply", str(tree), "--url", url, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "applying 002_broken.up.sql from statement 3" in resumed.stdout
+    assert mysql_db.query("SELECT id FROM first_table ORDER BY id") == [(1,), (2,)]
+    assert {"never_created", "later"} <= mysql_db.tables()
+    assert run_cli("migrations", "inspect", str(tree), "--url", url).returncode == 0
+
+
+def test_resume_refuses_when_completed_statements_changed(
+    mysql_db: Database, tmp_path: Path
+) -> None:
+    tree = _tree(tmp_path)
+    url = mysql_db.url
+    assert run_cli("migrations", "apply", str(tree), "--url", url).returncode == 1
+    (tree / "002_broken.up.sql").write_text(
+        BROKEN_THIRD_STATEMENT.replace("VALUES (1)", "VALUES (100)").replace(
+            "no_such_table", "first_table"
+        )
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", url, "--resume")
+    assert result.returncode == 8
+    assert "already ran have changed" in result.stderr
+
+
+@pytest.mark.parametrize("outcome", ["--applied", "--not-applied"])
+def test_mark_recovers_a_dirty_migration(mysql_db: Database, tmp_path: Path, outcome: str) -> None:
+    tree = _tree(tmp_path)
+    url = mysql_db.url
+    assert run_cli("migrations", "apply", str(tree), "--url", url).returncode == 1
+    if outcome == "--applied":
+        # Repair by hand: finish what the migration meant to do.
+        mysql_db.query("CREATE TABLE never_created (id INT)")
+    else:
+        mysql_db.query("DROP TABLE first_table")
+    marked = run_cli(
+        "migrations", "mark", str(tree), "--url", url, "--set", "app", "--version", "2", outcome
+    )
+    assert marked.returncode == 0, marked.stderr
+    applied = run_cli("migrations", "apply", str(tree), "--url", url)
+    assert applied.returncode == (0 if outcome == "--applied" else 1), applied.stderr
+    if outcome == "--applied":
+        assert "later" in mysql_db.tables()
+        assert run_cli("migrations", "inspect", str(tree), "--url", url).returncode == 0
+
+
+def test_transaction_false_failure_is_dirty_on_postgres(postgres_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_idx.sql": """
+                -- migrate:up transaction:false
+                CREATE TABLE t (id INT);
+                CREATE INDEX CONCURRENTLY t_id ON t (id);
+                CREATE INDEX CONCURRENTLY t_id ON t (id);
+                -- migrate:down
+                DROP TABLE t;
+            """
+        },
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", postgres_db.url)
+    assert result.returncode == 1
+    assert "statement 3 of 3 (line 4)" in result.stderr
+    assert "is now dirty" in result.stderr
+    assert postgres_db.query("SELECT status, statements_done FROM app") == [("applying", 2)]
+
+
+def test_non_transactional_statement_hint(postgres_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {"1_idx.up.sql": "CREATE TABLE t (id INT);\nCREATE INDEX CONCURRENTLY t_id ON t (id);\n"},
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", postgres_db.url)
+    assert result.returncode == 1
+    assert "transaction:false" in result.stderr
+    directive = "-- whimbrel: transaction:false\n"
+    (tree / "1_idx.up.sql").write_text(directive + (tree / "1_idx.up.sql").read_text())
+    fixed = run_cli("migrations", "apply", str(tree), "--url", postgres_db.url)
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_syntax_error_line_on_postgres(postgres_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_a.sql": """
+                -- migrate:up
+                CREATE TABLE a (id INT);
+
+                CREATE TABLE b (id INT,
+                    nme TEXT NOT NUL);
+                -- migrate:down
+                DROP TABLE a;
+            """
+        },
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", postgres_db.url)
+    assert result.returncode == 1
+    assert "1_a.sql, statement 2 of 2 (line 5)" in result.stderr
+    assert "syntax error" in result.stderr
+    assert "a" not in postgres_db.tables()
+
+
+POSTGRES_FUNCTION = """\
+CREATE TABLE audit (id SERIAL PRIMARY KEY, note TEXT);
+CREATE FUNCTION add_note(n TEXT) RETURNS INT LANGUAGE plpgsql AS $fn$
+DECLARE
+    new_id INT;
+BEGIN
+    INSERT INTO audit (note) VALUES (n) RETURNING id INTO new_id;  -- a ; inside
+    RETURN new_id;
+END;
+$fn$;
+CREATE FUNCTION twice(x INT) RETURNS INT LANGUAGE sql
+BEGIN ATOMIC
+    SELECT x * 2;
+END;
+SELECT add_note('semi;colon');
+"""
+
+MYSQL_WITH_DELIMITER = """\
+CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT);
+DELIMITER $$
+CREATE PROCEDURE add_note(IN n TEXT)
+BEGIN
+    INSERT INTO audit (note) VALUES (n);
+    INSERT INTO audit (note) VALUES (CONCAT(n, '; again'));
+END$$
+CREATE TRIGGER audit_upper BEFORE INSERT ON audit FOR EACH ROW
+BEGIN
+    IF NEW.note LIKE 'x%' THEN
+        SET NEW.note = UPPER(NEW.note);
+    END IF;
+END$$
+DELIMITER ;
+CALL add_note('xy');
+"""
+
+MYSQL_WITHOUT_DELIMITER = """\
+CREATE PROCEDURE add_two(IN n TEXT)
+BEGIN
+    INSERT INTO audit (note) VALUES (n);
+    INSERT INTO audit (note) VALUES (n);
+END;
+CALL add_two('plain');
+"""
+
+SQLITE_TRIGGER = """\
+CREATE TABLE audit (id INTEGER PRIMARY KEY, note TEXT, kind TEXT);
+CREATE TRIGGER audit_kind AFTER INSERT ON audit
+BEGIN
+    UPDATE audit SET kind = CASE WHEN NEW.note LIKE '%;%' THEN 'semi' ELSE 'plain' END
+    WHERE id = NEW.id;
+END;
+INSERT INTO audit (note) VALUES ('a;b');
+"""
+
+
+def test_multi_statement_programs(db: Database, tmp_path: Path) -> None:
+    files = {
+        "postgres": {"1_fn.up.sql": POSTGRES_FUNCTION},
+        "mysql": {
+            "1_proc.up.sql": MYSQL_WITH_DELIMITER,
+            "2_proc.up.sql": MYSQL_WITHOUT_DELIMITER,
+        },
+        "sqlite": {"1_trigger.up.sql": SQLITE_TRIGGER},
+    }[db.dialect]
+    tree = write_tree(tmp_path / "app", files)
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert result.returncode == 0, result.stderr
+    notes = db.query("SELECT note FROM audit ORDER BY id")
+    expected = {
+        "postgres": [("semi;colon",)],
+        "mysql": [("XY",), ("XY; AGAIN",), ("plain",), ("plain",)],
+        "sqlite": [("a;b",)],
+    }[db.dialect]
+    assert notes == expected
+    if db.dialect == "sqlite":
+        assert db.query("SELECT kind FROM audit") == [("semi",)]
+
+
+def test_mysql_error_inside_delimiter_block_names_its_line(mysql_db: Database, tmp_path: Path) -> None:
+    broken = MYSQL_WITH_DELIMITER.replace("SET NEW.note = UPPER(NEW.note);", "SET NEW.note = ;")
+    tree = write_tree(tmp_path / "app", {"1_proc.up.sql": broken})
+    result = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url)
+    assert result.returncode == 1
+    assert "statement 3 of 4" in result.stderr
+    assert "(line 11)" in result.stderr
+
+
+def test_file_with_its_own_transaction_runs_as_written(db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {"1_tx.up.sql": "BEGIN;\nCREATE TABLE t (id INT);\nINSERT INTO t VALUES (1);\nCOMMIT;\n"},
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert result.returncode == 0, result.stderr
+    assert db.query("SELECT id FROM t") == [(1,)]
+    assert db.query("SELECT status, statements_done FROM app") == [("applied", 4)]
+
+
+# -- concurrency --------------------------------------------------------------------------
+def _many_migrations(root: Path, count: int = 12) -> Path:
+    files = {}
+    for set_name in ("alpha", "beta"):
+        for n in range(1, count + 1):
+            # CREATE TABLE fails if it ever runs twice.
+            files[f"{set_name}/{n:03d}_t{n}.up.sql"] = (
+                f"CREATE TABLE {set_name}_t{n} (id INT);\n"
+                f"INSERT INTO {set_name}_t{n} VALUES ({n});\n"
+            )
+    return write_tree(root, files)
+
+
+def test_eight_concurrent_appliers_apply_each_migration_once(db: Database, tmp_path: Path) -> None:
+    tree = _many_migrations(tmp_path / "m")
+    if db.dialect == "sqlite":
+        # The file must exist for the lock file beside it; every process would create it.
+        Path(db.name).touch()
+    procs = [
+        subprocess.Popen(
+            [*whimbrel_executable(), "migrations", "apply", str(tree), "--url", db.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * 8, outputs
+    applied_lines = sum(out.count("applied in") for out, _ in outputs)
+    assert applied_lines == 24  # each migration reported applied by exactly one process
+    for set_name in ("alpha", "beta"):
+        rows = db.query(f"SELECT version, count(*) FROM {set_name} GROUP BY version")
+        assert sorted(rows) == [(n, 1) for n in range(1, 13)]
+        assert db.query(f"SELECT id FROM {set_name}_t12") == [(12,)]
+
+
+def _hold_lock(db: Database) -> subprocess.Popen[str]:
+    """Another whimbrel run holding the lock: a migration that sleeps."""
+    sleep = {
+        "postgres": "SELECT pg_sleep(30);",
+        "mysql": "SELECT SLEEP(30);",
+        "sqlite": None,
+    }[db.dialect]
+    if sleep is None:
+        # A process holding the SQLite lock file, as a whimbrel run does.
+        code = (
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({db.name + '.whimbrel-lock'!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, b'holder-process pid 4242')\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(30)\n"
+        )
+        import sys
+
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        return proc
+    raise AssertionError("use _hold_server_lock")
+
+
+def test_lock_timeout_says_who_holds_the_lock(db: Database, tmp_path: Path) -> None:
+    tree = _many_migrations(tmp_path / "m", count=1)
+    if db.dialect == "sqlite":
+        Path(db.name).touch()
+        holder = _hold_lock(db)
+        expected = "holder-process pid 4242"
+    else:
+        slow = write_tree(
+            tmp_path / "slow",
+            {"1_sleep.up.sql": "SELECT pg_sleep(20);" if db.dialect == "postgres" else "SELECT SLEEP(20);"},
+        )
+        holder = subprocess.Popen(
+            [*whimbrel_executable(), "migrations", "apply", str(slow), "--url", db.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None
+        # The holder prints the migration's name once it holds the lock and runs it.
+        line = holder.stdout.read(len("slow: applying"))
+        assert line == "slow: applying"
+        expected = "whimbrel apply" if db.dialect == "postgres" else "connection"
+    try:
+        started = time.monotonic()
+        result = run_cli(
+            "migrations", "apply", str(tree), "--url", db.url, "--lock-timeout", "1"
+        )
+        elapsed = time.monotonic() - started
+        assert result.returncode == 7, result.stderr
+        assert "waiting for the migration lock" in result.stderr
+        assert expected in result.stderr
+        assert elapsed < 15
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# -- connections and secrets --------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "mysql"])
+def test_unreachable_host_fails_fast_with_password_hidden(scheme: str, tmp_path: Path) -> None:
+    tree = _many_migrations(tmp_path / "m", count=1)
+    url = f"{scheme}://admin:Sup3rSecret@127.0.0.1:{_free_port()}/db"
+    for command in ("inspect", "apply", "revert"):
+        result = run_cli("migrations", command, str(tree), "--url", url, "--connect-timeout", "3")
+        assert result.returncode == 6, result.stderr
+        assert "cannot connect" in result.stderr
+        assert "Sup3rSecret" not in result.stdout + result.stderr
+        assert "admin:***@127.0.0.1" in result.stderr
+
+
+def test_wrong_password_is_a_clear_error_without_the_password(
+    mysql_db: Database, tmp_path: Path
+) -> None:
+    tree = _many_migrations(tmp_path / "m", count=1)
+    url = mysql_db.url.replace("root@", "nobody_here:Wr0ngPassw0rd@")
+    result = run_cli("migrations", "apply", str(tree), "--url", url)
+    assert result.returncode == 6
+    assert "Access denied" in result.stderr
+    assert "Wr0ngPassw0rd" not in result.stdout + result.stderr
+
+
+def test_password_never_printed_on_sql_errors(postgres_db: Database, tmp_path: Path) -> None:
+    # The server trusts local connections, so any password is accepted: a real login.
+    url = postgres_db.url.replace("postgres@", "postgres:Hunter2Secret@")
+    tree = write_tree(tmp_path / "app", {"1_a.up.sql": "SELECT 'Hunter2Secret' + ;"})
+    applied = run_cli("migrations", "apply", str(tree), "--url", url)
+    assert applied.returncode == 1
+    assert "syntax error" in applied.stderr
+    inspected = run_cli("migrations", "inspect", str(tree), "--url", url, "-o", "json")
+    assert inspected.returncode == 3
+    for result in (applied, inspected):
+        assert "Hunter2Secret" not in result.stdout + result.stderr
