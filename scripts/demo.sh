@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install --quiet --disable-pip-version-check .
+.venv/bin/pip install --quiet --disable-pip-version-check -e .
 db="$(mktemp -d)/demo.db"
 run() { echo "\$ whimbrel $*"; .venv/bin/whimbrel "$@" || echo "(exit code $?)"; echo; }
 run migrations inspect examples/dracon --url "sqlite:///$db"

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import EXAMPLES, Database, run_cli, write_tree
 
 
@@ -25,9 +24,7 @@ def inspect_json(tree: Path, db: Database, *extra: str) -> dict[str, Any]:
 
 
 def statuses(doc: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
-    return {
-        s["name"]: [(m["version"], m["status"]) for m in s["migrations"]] for s in doc["sets"]
-    }
+    return {s["name"]: [(m["version"], m["status"]) for m in s["migrations"]] for s in doc["sets"]}
 
 
 def test_apply_inspect_revert_dracon_tree(db: Database, tmp_path: Path) -> None:
@@ -87,7 +84,9 @@ def test_ftl_dbmate_tree(db: Database) -> None:
     tree = EXAMPLES / "ftl" / "db"
     assert run_cli("migrations", "apply", str(tree), "--url", db.url).returncode == 0
     doc = inspect_json(tree, db)
-    assert statuses(doc) == {"testdb": [("20231103205514", "applied"), ("20240704103403", "applied")]}
+    assert statuses(doc) == {
+        "testdb": [("20231103205514", "applied"), ("20240704103403", "applied")]
+    }
     assert {"requests", "module_secrets", "testdb"} <= db.tables()
     result = run_cli("migrations", "revert", str(tree), "--url", db.url, "--steps", "2")
     assert result.returncode == 0, result.stderr
@@ -134,7 +133,9 @@ def test_revert_to_version_and_its_rules(sqlite_db: Database, tmp_path: Path) ->
     assert run_cli("migrations", "apply", str(tree), "--url", url).returncode == 0
     needs_set = run_cli("migrations", "revert", str(tree), "--url", url, "--to", "1")
     assert needs_set.returncode == 2 and "--set" in needs_set.stderr
-    bad = run_cli("migrations", "revert", str(tree), "--url", url, "--set", "enrichments", "--to", "7")
+    bad = run_cli(
+        "migrations", "revert", str(tree), "--url", url, "--set", "enrichments", "--to", "7"
+    )
     assert bad.returncode == 2 and "not an applied version" in bad.stderr
     both = run_cli("migrations", "revert", str(tree), "--url", url, "--all", "--steps", "1")
     assert both.returncode == 2
@@ -194,7 +195,7 @@ def test_inspect_exit_codes_and_drift(db: Database, tmp_path: Path) -> None:
     (tree / "experimental_component/002_add_new_column.down.sql").unlink()
     doc = inspect_json(tree, db)
     assert ("2", "missing") in statuses(doc)["experimental_component"]
-    missing = [m for m in doc["sets"][1]["migrations"] if m["status"] == "missing"][0]
+    missing = next(m for m in doc["sets"][1]["migrations"] if m["status"] == "missing")
     assert missing["file"] == "002_add_new_column.up.sql"
 
 
@@ -209,7 +210,8 @@ def test_pending_is_exit_3_and_drift_wins_as_exit_4(sqlite_db: Database, tmp_pat
 
 def test_out_of_order_is_refused_unless_allowed(db: Database, tmp_path: Path) -> None:
     tree = write_tree(
-        tmp_path / "s", {"1_a.up.sql": "CREATE TABLE a (x int);", "3_c.up.sql": "CREATE TABLE c (x int);"}
+        tmp_path / "s",
+        {"1_a.up.sql": "CREATE TABLE a (x int);", "3_c.up.sql": "CREATE TABLE c (x int);"},
     )
     assert run_cli("migrations", "apply", str(tree), "--url", db.url).returncode == 0
     (tree / "2_b.up.sql").write_text("CREATE TABLE b (x int);")
@@ -225,7 +227,9 @@ def test_out_of_order_is_refused_unless_allowed(db: Database, tmp_path: Path) ->
 def test_foreign_table_with_the_set_name_is_refused(db: Database, tmp_path: Path) -> None:
     if db.dialect == "sqlite":
         write_tree(tmp_path, {"seed/001_x.up.sql": "CREATE TABLE enrichments (id int, name text);"})
-        assert run_cli("migrations", "apply", str(tmp_path / "seed"), "--url", db.url).returncode == 0
+        assert (
+            run_cli("migrations", "apply", str(tmp_path / "seed"), "--url", db.url).returncode == 0
+        )
     else:
         db.query("CREATE TABLE enrichments (id int, name text)")
     db.query("INSERT INTO enrichments VALUES (1, 'keep me')")
@@ -238,12 +242,16 @@ def test_foreign_table_with_the_set_name_is_refused(db: Database, tmp_path: Path
     assert run_cli("migrations", "inspect", str(tree), "--url", db.url).returncode == 8
 
 
-def test_invalid_files_exit_5_before_touching_the_database(sqlite_db: Database, tmp_path: Path) -> None:
+def test_invalid_files_exit_5_before_touching_the_database(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
     tree = dracon(tmp_path)
     (tree / "enrichments/004-bad-name.sql").write_text("SELECT 1;")
     result = run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url)
     assert result.returncode == 5
-    assert "set 'enrichments': file 004-bad-name.sql: malformed migration file name" in result.stderr
+    assert (
+        "set 'enrichments': file 004-bad-name.sql: malformed migration file name" in result.stderr
+    )
     assert not Path(sqlite_db.name).exists()
 
 
@@ -271,3 +279,34 @@ def test_help_documents_exit_codes() -> None:
     result = run_cli("migrations", "apply", "--help")
     assert result.returncode == 0
     assert "Exit codes:" in result.stdout and "130" in result.stdout
+
+
+def test_apply_and_revert_json_output(sqlite_db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    result = run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["command"] == "apply" and doc["dry_run"] is False
+    assert [(m["set"], m["version"], m["status"]) for m in doc["migrations"]][:2] == [
+        ("enrichments", "1", "applied"),
+        ("enrichments", "2", "applied"),
+    ]
+    assert all(m["duration_ms"] >= 0 and m["transaction"] for m in doc["migrations"])
+    reverted = run_cli("migrations", "revert", str(tree), "--url", sqlite_db.url, "-o", "json")
+    assert [m["status"] for m in json.loads(reverted.stdout)["migrations"]] == ["reverted"] * 2
+
+
+def test_readme_python_example_runs(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    (code,) = re.findall(r"## Python API.*?```python\n(.*?)```", readme, re.S)
+    shutil.copytree(EXAMPLES, tmp_path / "examples")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "enrichments 001_init.up.sql applied" in result.stdout
+    assert "enrichments ['applied', 'applied', 'applied']" in result.stdout

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, write_tree
 
+from conftest import EXAMPLES, write_tree
 from whimbrel.discovery import discover
 from whimbrel.errors import InvalidMigrationsError
 
@@ -81,7 +81,11 @@ def test_dbmate_transaction_option_and_golang_directive(tmp_path: Path) -> None:
 def test_versions_compare_as_integers(tmp_path: Path) -> None:
     write_tree(
         tmp_path / "s",
-        {"9_nine.up.sql": "SELECT 9;", "10_ten.up.sql": "SELECT 10;", "0002_two.up.sql": "SELECT 2;"},
+        {
+            "9_nine.up.sql": "SELECT 9;",
+            "10_ten.up.sql": "SELECT 10;",
+            "0002_two.up.sql": "SELECT 2;",
+        },
     )
     (s,) = discover(tmp_path / "s")
     assert [m.version for m in s.migrations] == [2, 9, 10]
@@ -164,9 +168,7 @@ def test_up_and_down_names_must_match(tmp_path: Path) -> None:
         ("", "file is empty", None),
     ],
 )
-def test_bad_dbmate_files(
-    tmp_path: Path, content: str, expected: str, line: int | None
-) -> None:
+def test_bad_dbmate_files(tmp_path: Path, content: str, expected: str, line: int | None) -> None:
     path = tmp_path / "s" / "20240101000000_x.sql"
     path.parent.mkdir()
     path.write_text(content)

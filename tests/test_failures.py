@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import Database, run_cli, whimbrel_executable, write_tree
 
 BROKEN_THIRD_STATEMENT = """\
@@ -128,7 +129,9 @@ def test_mark_recovers_a_dirty_migration(mysql_db: Database, tmp_path: Path, out
         assert run_cli("migrations", "inspect", str(tree), "--url", url).returncode == 0
 
 
-def test_transaction_false_failure_is_dirty_on_postgres(postgres_db: Database, tmp_path: Path) -> None:
+def test_transaction_false_failure_is_dirty_on_postgres(
+    postgres_db: Database, tmp_path: Path
+) -> None:
     tree = write_tree(
         tmp_path / "app",
         {
@@ -263,7 +266,9 @@ def test_multi_statement_programs(db: Database, tmp_path: Path) -> None:
         assert db.query("SELECT kind FROM audit") == [("semi",)]
 
 
-def test_mysql_error_inside_delimiter_block_names_its_line(mysql_db: Database, tmp_path: Path) -> None:
+def test_mysql_error_inside_delimiter_block_names_its_line(
+    mysql_db: Database, tmp_path: Path
+) -> None:
     broken = MYSQL_WITH_DELIMITER.replace("SET NEW.note = UPPER(NEW.note);", "SET NEW.note = ;")
     tree = write_tree(tmp_path / "app", {"1_proc.up.sql": broken})
     result = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url)
@@ -355,7 +360,11 @@ def test_lock_timeout_says_who_holds_the_lock(db: Database, tmp_path: Path) -> N
     else:
         slow = write_tree(
             tmp_path / "slow",
-            {"1_sleep.up.sql": "SELECT pg_sleep(20);" if db.dialect == "postgres" else "SELECT SLEEP(20);"},
+            {
+                "1_sleep.up.sql": "SELECT pg_sleep(20);"
+                if db.dialect == "postgres"
+                else "SELECT SLEEP(20);"
+            },
         )
         holder = subprocess.Popen(
             [*whimbrel_executable(), "migrations", "apply", str(slow), "--url", db.url],
@@ -370,9 +379,7 @@ def test_lock_timeout_says_who_holds_the_lock(db: Database, tmp_path: Path) -> N
         expected = "whimbrel apply" if db.dialect == "postgres" else "connection"
     try:
         started = time.monotonic()
-        result = run_cli(
-            "migrations", "apply", str(tree), "--url", db.url, "--lock-timeout", "1"
-        )
+        result = run_cli("migrations", "apply", str(tree), "--url", db.url, "--lock-timeout", "1")
         elapsed = time.monotonic() - started
         assert result.returncode == 7, result.stderr
         assert "waiting for the migration lock" in result.stderr
@@ -424,3 +431,94 @@ def test_password_never_printed_on_sql_errors(postgres_db: Database, tmp_path: P
     assert inspected.returncode == 3
     for result in (applied, inspected):
         assert "Hunter2Secret" not in result.stdout + result.stderr
+
+
+def test_failing_revert(db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_a.up.sql": "CREATE TABLE a (id INT);\nCREATE TABLE b (id INT);\n",
+            "1_a.down.sql": "DROP TABLE b;\nDROP TABLE no_such_table;\nDROP TABLE a;\n",
+        },
+    )
+    assert run_cli("migrations", "apply", str(tree), "--url", db.url).returncode == 0
+    result = run_cli("migrations", "revert", str(tree), "--url", db.url)
+    assert result.returncode == 1
+    assert "reverting failed: set 'app', 1_a.down.sql, statement 2 of 3 (line 2)" in result.stderr
+    if db.dialect != "mysql":
+        assert "nothing of 1_a.down.sql was reverted" in result.stderr
+        assert {"a", "b"} <= db.tables()
+        assert db.query("SELECT status FROM app") == [("applied",)]
+        return
+    assert "b" not in db.tables()
+    assert db.query("SELECT status, statements_done FROM app") == [("reverting", 1)]
+    assert run_cli("migrations", "inspect", str(tree), "--url", db.url).returncode == 4
+    refused = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert refused.returncode == 8 and "reverting it started" in refused.stderr
+    (tree / "1_a.down.sql").write_text(
+        "DROP TABLE b;\nDROP TABLE IF EXISTS no_such_table;\nDROP TABLE a;\n"
+    )
+    resumed = run_cli("migrations", "revert", str(tree), "--url", db.url, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "from statement 2" in resumed.stdout
+    assert "a" not in db.tables()
+    assert db.query("SELECT count(*) FROM app") == [(0,)]
+
+
+def _wait_for_running_sleep(db: Database) -> None:
+    """Block until the server shows the migration's sleep running (bounded)."""
+    query = {
+        "postgres": "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
+        "AND state = 'active' AND pid <> pg_backend_pid()",
+        "mysql": "SELECT count(*) FROM information_schema.PROCESSLIST "
+        "WHERE INFO = 'SELECT SLEEP(30)'",
+    }[db.dialect]
+    deadline = time.monotonic() + 15
+    while db.query(query)[0][0] == 0:
+        assert time.monotonic() < deadline, "the slow statement never started"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_stops_cleanly(db: Database, tmp_path: Path) -> None:
+    import signal
+
+    sleep = {
+        "postgres": "SELECT pg_sleep(30);",
+        "mysql": "SELECT SLEEP(30);",
+        # A recursive query that runs for a long time, in-process.
+        "sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+        "SELECT count(*) FROM c;",
+    }[db.dialect]
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_a.up.sql": "CREATE TABLE a (id INT);",
+            "2_slow.up.sql": f"CREATE TABLE s (id INT);\n{sleep}\n",
+        },
+    )
+    proc = subprocess.Popen(
+        [*whimbrel_executable(), "migrations", "apply", str(tree), "--url", db.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    expected = "app: applying 1_a.up.sql ... applied in"
+    assert proc.stdout.read(len(expected)) == expected
+    proc.stdout.readline()
+    assert proc.stdout.read(len("app: applying 2_slow")) == "app: applying 2_slow"
+    if db.dialect != "sqlite":
+        _wait_for_running_sleep(db)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    if db.dialect == "mysql":
+        # Not atomic: the interrupted migration is dirty, and says so.
+        assert db.query("SELECT version, status FROM app ORDER BY version") == [
+            (1, "applied"),
+            (2, "applying"),
+        ]
+    else:
+        assert db.query("SELECT version, status FROM app") == [(1, "applied")]
+        assert "s" not in db.tables()

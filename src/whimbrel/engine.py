@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from whimbrel.discovery import Migration, MigrationSet, Section
 from whimbrel.drivers import Driver, connect
@@ -39,8 +39,10 @@ from whimbrel.errors import (
     UsageError,
 )
 from whimbrel.plan import MigrationState, SetState, compare
-from whimbrel.sqlsplit import SplitError, Statement, is_transaction_control, split_statements
 from whimbrel.urls import DatabaseURL, Dialect
+
+if TYPE_CHECKING:
+    from whimbrel.sqlsplit import Statement
 
 Direction = Literal["up", "down"]
 
@@ -251,6 +253,8 @@ def check_safe(
 # -- preparing steps --------------------------------------------------------------------
 def prepare(step: Step, dialect: Dialect, transactional_ddl: bool) -> Step:
     """Split and check a step's SQL for this database, before anything runs."""
+    from whimbrel.sqlsplit import SplitError, is_transaction_control, split_statements
+
     section = step.section
     try:
         statements = split_statements(section.sql, dialect, line_offset=section.line_offset)

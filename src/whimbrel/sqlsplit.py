@@ -32,7 +32,7 @@ import itertools
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any, Literal, get_args
 
@@ -83,9 +83,17 @@ class SplitError(ValueError):
 # Regular expressions
 # --------------------------------------------------------------------------
 
-# Characters that can continue an unquoted identifier: ASCII word characters,
+
+# A character that can continue an unquoted identifier: ASCII word characters,
 # "$" and anything non-ASCII (all three dialects accept non-ASCII letters).
-_IDC = r"0-9A-Za-z_$\x80-\U0010ffff"
+# Spelled as an ASCII class plus [^\x00-\x7f]: a class with the range
+# \x80-\U0010ffff takes ~10 ms to compile, which showed in every CLI start.
+def _one_of(ascii_chars: str) -> str:
+    return rf"(?:[{ascii_chars}]|[^\x00-\x7f])"
+
+
+_IDC_ASCII = "0-9A-Za-z_$"
+_IDC = _one_of(_IDC_ASCII)
 
 _NONWS = re.compile(r"\S")
 
@@ -119,7 +127,7 @@ _PG_BLANK = re.compile(rf"\s*(?:(?:{_PG_LINE_COMMENT}|{_c_comment()})\s*){{0,64}
 _MY_BLANK = re.compile(rf"\s*(?:(?:{_MY_LINE_COMMENT}|{_my_c_comment()})\s*){{0,64}}")
 _LITE_BLANK = re.compile(rf"\s*(?:(?:{_LITE_LINE_COMMENT}|{_c_comment()})\s*){{0,64}}")
 
-_IDENT_END = rf"(?![{_IDC}])"
+_IDENT_END = rf"(?!{_IDC})"
 
 
 # Separators between the words of a statement head: the end of a word, then
@@ -134,9 +142,7 @@ def _lite_sep() -> str:
 
 def _my_sep() -> str:
     # mysqldump wraps words in executable comments: /*!50003 CREATE*/
-    return (
-        rf"(?:\s*(?:{_MY_LINE_COMMENT}|{_my_c_comment()}|/\*M?!\d*|\*/)){{0,64}}\s*"
-    )
+    return rf"(?:\s*(?:{_MY_LINE_COMMENT}|{_my_c_comment()}|/\*M?!\d*|\*/)){{0,64}}\s*"
 
 
 _PG_HEAD = re.compile(
@@ -145,7 +151,7 @@ _PG_HEAD = re.compile(
 )
 _MY_USER_PART = (
     r"(?:'[^'\\]*(?:\\[\s\S][^'\\]*){0,16}'|\"[^\"\\]*(?:\\[\s\S][^\"\\]*){0,16}\""
-    r"|`[^`]*(?:``[^`]*){0,16}`|[0-9A-Za-z_$.%\-\x80-\U0010ffff]+)"
+    r"|`[^`]*(?:``[^`]*){0,16}`|(?:[0-9A-Za-z_$.%\-]|[^\x00-\x7f])+)"
 )
 _MY_DEFINER = (
     rf"(?i:definer)\s*=\s*(?:(?i:current_user)(?:\s*\(\s*\))?{_IDENT_END}"
@@ -182,18 +188,30 @@ def _keyword(word: str, rest: str, not_after: str) -> list[str]:
     """
     first, tail = word[0], word[1:]
     return [
-        rf"{letter}(?<![{not_after}][\s\S])(?i:{tail}{rest})(?![{_IDC}])"
+        rf"{letter}(?<!{not_after}[\s\S])(?i:{tail}{rest})(?!{_IDC})"
         for letter in (first.lower(), first.upper())
     ]
 
 
-# Keywords tracked inside compound (routine) statements.
-_BLOCK_KEYWORDS = [
-    *_keyword("begin", rf"(?:\s+(?:not\s+)?atomic(?![{_IDC}]))?", _IDC + ".@"),
-    *_keyword("case", "", _IDC + ".@"),
-    *_keyword(
-        "end", rf"(?:\s+(?:if|loop|while|repeat|for|case)(?![{_IDC}]))?", _IDC + ".@"
-    ),
+# Tokens tracked inside compound (routine) statements.  As in psql, keywords
+# only count outside parentheses (so a parameter named "begin" is harmless).
+_NOT_AFTER = _one_of(_IDC_ASCII + ".@")  # t.end, @end are identifiers
+_PARENS = [r"\(", r"\)"]
+_END_KEYWORD = _keyword(
+    "end", rf"(?:\s+(?:if|loop|while|repeat|for|case){_IDENT_END})?", _NOT_AFTER
+)
+# PostgreSQL has no nested blocks, only the body: BEGIN ATOMIC ... END.
+_PG_BLOCK_KEYWORDS = [
+    *_keyword("begin", rf"\s+atomic{_IDENT_END}", _NOT_AFTER),
+    *_keyword("case", "", _NOT_AFTER),
+    *_END_KEYWORD,
+    *_PARENS,
+]
+_MY_BLOCK_KEYWORDS = [
+    *_keyword("begin", rf"(?:\s+(?:not\s+)?atomic{_IDENT_END})?", _NOT_AFTER),
+    *_keyword("case", "", _NOT_AFTER),
+    *_END_KEYWORD,
+    *_PARENS,
 ]
 _LITE_KEYWORDS = _keyword("end", "", _IDC)
 
@@ -203,22 +221,22 @@ _LITE_KEYWORDS = _keyword("end", "", _IDC)
 # unterminated ones, match only their opening quote and are finished by
 # _scan_quoted().
 _PG_TOKENS = [
-    ";",
+    r";[\s;]*",  # with any empty statements that follow
     r"'[^']*(?:''[^']*){0,32}'(?!')",
     r'"[^"]*(?:""[^"]*){0,32}"(?!")',
-    rf"\$(?<![{_IDC}]\$)(?:[A-Za-z_\x80-\U0010ffff][0-9A-Za-z_\x80-\U0010ffff]*)?\$",
-    r"--[^\n\r]*",
+    rf"\$(?<!{_IDC}\$)(?:{_one_of('A-Za-z_')}{_one_of('0-9A-Za-z_')}*)?\$",
+    r"--[^\n\r]*(?:[\r\n]\s*--[^\n\r]*){0,64}",  # with the comment lines that follow
     r"/\*",
     "'",
     '"',
 ]
 _LITE_TOKENS = [
-    ";",
+    r";[\s;]*",
     r"'[^']*(?:''[^']*){0,32}'(?!')",
     r'"[^"]*(?:""[^"]*){0,32}"(?!")',
     r"`[^`]*(?:``[^`]*){0,32}`(?!`)",
     r"\[[^\]]*\]",
-    r"--[^\n]*",
+    r"--[^\n]*(?:\n\s*--[^\n]*){0,64}",
     r"/\*",
     "'",
     '"',
@@ -227,14 +245,20 @@ _LITE_TOKENS = [
 ]
 
 
+_MY_MORE_COMMENT_LINES = r"(?:\n\s*(?:--(?=[\x00-\x20\x7f]|\Z)|\#)[^\n]*){0,64}"
+
+
 def _my_tokens(delimiter: str) -> list[str]:
     return [
-        re.escape(delimiter),  # first: the delimiter wins, as in the mysql client
+        # first: the delimiter wins, as in the mysql client.  A run of ';' may
+        # not swallow a newline, which could start a DELIMITER line.
+        r";[;\t\r\x0b\x0c ]*" if delimiter == ";" else re.escape(delimiter),
         r"'[^'\\]*(?:(?:\\[\s\S]|'')[^'\\]*){0,32}'(?!')",
         r'"[^"\\]*(?:(?:\\[\s\S]|"")[^"\\]*){0,32}"(?!")',
         r"`[^`]*(?:``[^`]*){0,32}`(?!`)",
-        r"--(?=[\x00-\x20\x7f]|\Z)[^\n]*",
-        r"\#[^\n]*",
+        # comment lines (\s* cannot end before a DELIMITER line: -- or # follow it)
+        rf"--(?=[\x00-\x20\x7f]|\Z)[^\n]*{_MY_MORE_COMMENT_LINES}",
+        rf"\#[^\n]*{_MY_MORE_COMMENT_LINES}",
         r"/\*M?!",
         r"/\*",
         "'",
@@ -261,7 +285,7 @@ class _Spec:
 _SPECS: dict[str, _Spec] = {
     "postgres": _Spec(
         normal=re.compile("|".join(_PG_TOKENS)),
-        routine=re.compile("|".join(_PG_TOKENS + _BLOCK_KEYWORDS)),
+        routine=re.compile("|".join(_PG_TOKENS + _PG_BLOCK_KEYWORDS)),
         head=_PG_HEAD,
         head_chars="cC",
         blank=_PG_BLANK,
@@ -269,7 +293,7 @@ _SPECS: dict[str, _Spec] = {
     ),
     "mysql": _Spec(
         normal=_my_regex(";"),
-        routine=re.compile("|".join(_my_tokens(";") + _BLOCK_KEYWORDS)),
+        routine=re.compile("|".join(_my_tokens(";") + _MY_BLOCK_KEYWORDS)),
         head=_MY_HEAD,
         head_chars="cCbB",
         blank=_MY_BLANK,
@@ -285,32 +309,37 @@ _SPECS: dict[str, _Spec] = {
     ),
 }
 
-# Bodies of quoted strings that contain escapes (slow path).  The repeat is
-# bounded because the regex engine keeps state per iteration of a group.
-_QUOTED_BODY: dict[tuple[str, bool], Callable[[str, int], re.Match[str] | None]] = {}
-for _q in ("'", '"', "`"):
-    _e = re.escape(_q)
-    _QUOTED_BODY[(_q, False)] = re.compile(rf"[^{_e}]*(?:{_e}{_e}[^{_e}]*){{0,512}}").match
-    _QUOTED_BODY[(_q, True)] = re.compile(
-        rf"[^{_e}\\]*(?:(?:\\[\s\S]|{_e}{_e})[^{_e}\\]*){{0,512}}"
-    ).match
+
+def _quoted_body(quote: str, backslash: bool) -> Callable[[str, int], re.Match[str] | None]:
+    """Matcher for the body of a quoted string (slow path, for many escapes).
+
+    The repeat is bounded because the regex engine keeps state per iteration
+    of a group; _scan_quoted() loops when the bound is reached.
+    """
+    q = re.escape(quote)
+    if backslash:
+        return re.compile(rf"[^{q}\\]*(?:(?:\\[\s\S]|{q}{q})[^{q}\\]*){{0,512}}").match
+    return re.compile(rf"[^{q}]*(?:{q}{q}[^{q}]*){{0,512}}").match
+
+
+_QUOTED_BODY = {(q, b): _quoted_body(q, b) for q in ("'", '"', "`") for b in (False, True)}
 
 _PG_COMMENT_DELIMS = re.compile(r"/\*|\*/")
 
 _TXN: dict[str, re.Pattern[str]] = {
     "postgres": re.compile(
-        rf"(?i:begin(?!\s+atomic(?![{_IDC}]))|start\s+transaction|commit|end|abort"
-        rf"|rollback(?!\s+(?:(?:work|transaction)\s+)?to(?![{_IDC}]))"
-        rf"|prepare\s+transaction)(?![{_IDC}])"
+        rf"(?i:begin(?!\s+atomic(?!{_IDC}))|start\s+transaction|commit|end|abort"
+        rf"|rollback(?!\s+(?:(?:work|transaction)\s+)?to(?!{_IDC}))"
+        rf"|prepare\s+transaction)(?!{_IDC})"
     ),
     "mysql": re.compile(
         rf"(?:/\*M?!\d*\s*)?"
-        rf"(?i:begin(?!\s+not\s+atomic(?![{_IDC}]))|start\s+transaction|commit"
-        rf"|rollback(?!\s+(?:work\s+)?to(?![{_IDC}]))"
-        rf"|set\s+(?:(?:session|local)\s+|@@(?:session\.|local\.)?)?autocommit)(?![{_IDC}])"
+        rf"(?i:begin(?!\s+not\s+atomic(?!{_IDC}))|start\s+transaction|commit"
+        rf"|rollback(?!\s+(?:work\s+)?to(?!{_IDC}))"
+        rf"|set\s+(?:(?:session|local)\s+|@@(?:session\.|local\.)?)?autocommit)(?!{_IDC})"
     ),
     "sqlite": re.compile(
-        rf"(?i:begin|commit|end|rollback(?!\s+(?:transaction\s+)?to(?![{_IDC}])))(?![{_IDC}])"
+        rf"(?i:begin|commit|end|rollback(?!\s+(?:transaction\s+)?to(?!{_IDC})))(?!{_IDC})"
     ),
 }
 
@@ -323,9 +352,11 @@ _TXN: dict[str, re.Pattern[str]] = {
 # Building a frozen dataclass through __init__ costs four object.__setattr__
 # calls; the splitter makes one per statement, so it fills the slots directly.
 # new(Statement) + the four setters is equivalent to Statement(text, line, start, end).
+_STATEMENT_FIELDS = ("text", "line", "start", "end")
+assert tuple(f.name for f in fields(Statement)) == _STATEMENT_FIELDS
 _STATEMENT_BUILDERS: tuple[Any, Any, Any, Any, Any] = (
     object.__new__,
-    *(Statement.__dict__[name].__set__ for name in ("text", "line", "start", "end")),
+    *(Statement.__dict__[name].__set__ for name in _STATEMENT_FIELDS),
 )
 
 
@@ -445,6 +476,7 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
 
     mode = 0  # 0: ordinary statement; otherwise spec.mode inside a routine statement
     stack: list[bool] = []  # open blocks inside a routine: True = BEGIN, False = CASE
+    parens = 0  # parenthesis depth inside a routine statement
     last_semi = -1  # just after the last ';' inside the routine statement
     last_begin = -1  # just after the last BEGIN [[NOT] ATOMIC] inside it
     end_ok = -1  # sqlite: just after an END that directly follows a ';'
@@ -503,6 +535,7 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
                     mode = routine_mode
                     search = routine_search
                     stack.clear()
+                    parens = 0
                     last_semi = last_begin = end_ok = -1
                     continue
 
@@ -551,10 +584,7 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
                 if te - ts == 1 or sql.find("\\", ts, te) >= 0:
                     te = _scan_quoted(sql, ts, "'", True)
             elif te - ts == 1:  # the fast pattern failed: escapes, or unterminated
-                if c == "[":
-                    te = -1
-                else:
-                    te = _scan_quoted(sql, ts, c, mysql and c != "`")
+                te = -1 if c == "[" else _scan_quoted(sql, ts, c, mysql and c != "`")
             if te < 0:
                 raise SplitError(
                     f"unterminated {_quote_name(c, dialect)}",
@@ -579,6 +609,7 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
                         mode = routine_mode
                         search = routine_search
                         stack.clear()
+                        parens = 0
                         last_semi = last_begin = end_ok = -1
                 continue
             if pg:
@@ -608,14 +639,19 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
             pos = e + len(tag)
             continue
 
-        # keywords, only inside routine statements
+        # keywords and parentheses, only inside routine statements
         pos = te
-        if mode == 2:
+        if c == "(":
+            parens += 1
+        elif c == ")":
+            if parens:
+                parens -= 1
+        elif parens:
+            pass
+        elif mode == 2:
             # sqlite3_complete(): remember an END that directly follows a ';'
-            if last_semi >= 0 and blank(sql, last_semi, ts) is not None:
-                end_ok = te
-            else:
-                end_ok = -1
+            directly = last_semi >= 0 and blank(sql, last_semi, ts) is not None
+            end_ok = te if directly else -1
         elif c == "b" or c == "B":
             stack.append(True)
             last_begin = te
@@ -631,9 +667,8 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
                     p = last_semi if last_semi > last_begin else last_begin
                     if p >= 0 and blank(sql, p, ts) is not None:
                         stack.pop()
-        elif sql[te - 4 : te].lower() == "case":  # END CASE
-            if stack and not stack[-1]:
-                stack.pop()
+        elif stack and not stack[-1] and sql[te - 4 : te].lower() == "case":
+            stack.pop()  # END CASE closes a CASE
         # END IF / LOOP / WHILE / REPEAT / FOR: no change
 
     if stmt_start < 0:

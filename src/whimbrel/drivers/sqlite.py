@@ -26,6 +26,7 @@ from whimbrel.errors import ConnectionFailed, LockTimeout
 from whimbrel.urls import DatabaseURL
 
 LOCK_SUFFIX = ".whimbrel-lock"
+_SQLITE_INTERRUPT = 9  # sqlite3.SQLITE_INTERRUPT, named only from Python 3.11
 
 
 class SQLiteDriver(Driver):
@@ -46,6 +47,8 @@ class SQLiteDriver(Driver):
             self.conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
         except sqlite3.Error as exc:
             raise ConnectionFailed(f"cannot open SQLite database {self.path}: {exc}") from None
+        # A query runs in C; calling back into Python now and then lets Ctrl-C through.
+        self.conn.set_progress_handler(_let_signals_in, 100_000)
         self._lock_fd: int | None = None
 
     def close(self) -> None:
@@ -174,5 +177,12 @@ class SQLiteDriver(Driver):
         try:
             self.conn.execute(sql)
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_INTERRUPT:
+                raise KeyboardInterrupt from None
             name = getattr(exc, "sqlite_errorname", None)
             raise StatementError(f"ERROR: {exc}", index=index, sqlstate=name) from None
+
+
+def _let_signals_in() -> int:
+    # A KeyboardInterrupt raised here aborts the query with SQLITE_INTERRUPT.
+    return 0
