@@ -310,3 +310,20 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "enrichments 001_init.up.sql applied" in result.stdout
     assert "enrichments ['applied', 'applied', 'applied']" in result.stdout
+
+
+def test_inspect_rejects_a_pending_file_apply_would_reject(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    tree = write_tree(tmp_path / "app", {"1_a.up.sql": "CREATE TABLE a (id INT);"})
+    assert run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url).returncode == 0
+    (tree / "2_b.up.sql").write_text("-- only a comment\n")
+    assert run_cli("migrations", "inspect", str(tree), "--url", sqlite_db.url).returncode == 5
+    assert run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url).returncode == 5
+
+
+def test_refused_apply_creates_no_sqlite_file(sqlite_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(tmp_path / "app", {"1_a.up.sql": "-- only a comment\n"})
+    assert run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url).returncode == 5
+    assert not Path(sqlite_db.name).exists()
+    assert not Path(sqlite_db.name + ".whimbrel-lock").exists()

@@ -260,3 +260,10 @@ def test_symlink_loop_is_an_error_not_a_hang(tmp_path: Path) -> None:
 def test_version_larger_than_bigint(tmp_path: Path) -> None:
     error = _error(tmp_path, {"99999999999999999999_a.up.sql": "SELECT 1;"})
     assert "larger than" in error.message
+
+
+def test_a_folder_named_like_a_migration_is_an_error(tmp_path: Path) -> None:
+    write_tree(tmp_path / "s", {"001_a.up.sql": "SELECT 1;"})
+    (tmp_path / "s" / "002_b.up.sql").mkdir()
+    with pytest.raises(InvalidMigrationsError, match="not a regular file"):
+        discover(tmp_path / "s")

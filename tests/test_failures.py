@@ -51,7 +51,7 @@ def test_error_in_the_third_statement_is_reported_and_stops_the_run(
     if db.dialect == "mysql":
         # DDL committed: the first two statements stay, and the migration is dirty.
         assert "first_table" in tables
-        assert "is now dirty: 2 statement(s) completed" in err
+        assert "is now dirty: 2 of its 4 statement(s) completed" in err
         assert db.query("SELECT version, status, statements_done FROM app ORDER BY version") == [
             (1, "applied", 1),
             (2, "applying", 2),
@@ -471,7 +471,7 @@ def _wait_for_running_sleep(db: Database) -> None:
         "postgres": "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
         "AND state = 'active' AND pid <> pg_backend_pid()",
         "mysql": "SELECT count(*) FROM information_schema.PROCESSLIST "
-        "WHERE INFO = 'SELECT SLEEP(30)'",
+        "WHERE INFO LIKE '%SLEEP(30)%' AND ID <> CONNECTION_ID()",
     }[db.dialect]
     deadline = time.monotonic() + 15
     while db.query(query)[0][0] == 0:
@@ -522,3 +522,225 @@ def test_ctrl_c_stops_cleanly(db: Database, tmp_path: Path) -> None:
     else:
         assert db.query("SELECT version, status FROM app") == [(1, "applied")]
         assert "s" not in db.tables()
+
+
+# -- exactly once, even when interrupted ---------------------------------------------------
+def test_interrupted_statement_is_not_run_twice_on_resume(
+    mysql_db: Database, tmp_path: Path
+) -> None:
+    import signal
+
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_counter.up.sql": "CREATE TABLE counter (n INT);",
+            "2_fill.up.sql": (
+                "INSERT INTO counter SELECT 100000 + SLEEP(30);\n"
+                "INSERT INTO counter VALUES (200000);\n"
+            ),
+        },
+    )
+    proc = subprocess.Popen(
+        [*whimbrel_executable(), "migrations", "apply", str(tree), "--url", mysql_db.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_running_sleep(mysql_db)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    # The statement was stopped on the server and rolled back with its progress.
+    assert mysql_db.query("SELECT count(*) FROM counter") == [(0,)]
+    assert mysql_db.query("SELECT status, statements_done FROM app WHERE version = 2") == [
+        ("applying", 0)
+    ]
+    fixed = "INSERT INTO counter SELECT 100000;\nINSERT INTO counter VALUES (200000);\n"
+    (tree / "2_fill.up.sql").write_text(fixed)
+    resumed = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert mysql_db.query("SELECT n FROM counter ORDER BY n") == [(100000,), (200000,)]
+
+
+def test_killed_run_records_exactly_what_was_done(mysql_db: Database, tmp_path: Path) -> None:
+    inserts = "".join(f"INSERT INTO filled VALUES ({n});\n" for n in range(1, 3001))
+    tree = write_tree(
+        tmp_path / "app",
+        {"1_table.up.sql": "CREATE TABLE filled (n INT);", "2_fill.up.sql": inserts},
+    )
+    proc = subprocess.Popen(
+        [*whimbrel_executable(), "migrations", "apply", str(tree), "--url", mysql_db.url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not (
+        "filled" in mysql_db.tables() and mysql_db.query("SELECT count(*) FROM filled")[0][0]
+    ):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    rows = mysql_db.query("SELECT count(*) FROM filled")[0][0]
+    done = mysql_db.query("SELECT statements_done FROM app WHERE version = 2")[0][0]
+    assert rows == done  # every statement commits with its progress
+    resumed = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert mysql_db.query("SELECT count(*), count(DISTINCT n) FROM filled") == [(3000, 3000)]
+
+
+@pytest.mark.parametrize(
+    "dialect_files",
+    [
+        ("sqlite", "BEGIN;\nCREATE TABLE t1 (id INT);\n"),
+        ("postgres", "BEGIN;\nCREATE TABLE t1 (id INT);\n"),
+        ("mysql", "CREATE TABLE t1 (id INT);\nSET autocommit = 0;\nINSERT INTO t1 VALUES (1);\n"),
+    ],
+)
+def test_a_transaction_left_open_is_a_failure(
+    dialect_files: tuple[str, str], request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    dialect, sql = dialect_files
+    db: Database = request.getfixturevalue(f"{dialect}_db")
+    tree = write_tree(
+        tmp_path / "app", {"1_open.up.sql": sql, "2_next.up.sql": "CREATE TABLE t2 (id INT);"}
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "left a transaction open" in result.stderr
+    assert "t2" not in db.tables()
+    assert db.query("SELECT status FROM app") == [("applying",)]
+    assert run_cli("migrations", "inspect", str(tree), "--url", db.url).returncode == 4
+
+
+def test_own_transaction_failing_rolls_back_and_says_so(db: Database, tmp_path: Path) -> None:
+    divide = "SELECT 1/0" if db.dialect == "postgres" else "INSERT INTO nope VALUES (1)"
+    tree = write_tree(
+        tmp_path / "app",
+        {"1_tx.up.sql": f"BEGIN;\nCREATE TABLE t1 (id INT);\n{divide};\nCOMMIT;\n"},
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert result.returncode == 1, result.stderr
+    assert "statement 3 of 4 (line 3)" in result.stderr
+    assert "Traceback" not in result.stderr
+    if db.dialect != "mysql":  # MySQL's CREATE TABLE commits the transaction at once
+        assert "0 of its 4 statement(s) completed" in result.stderr
+        assert "t1" not in db.tables()
+    row = db.query("SELECT status, error FROM app")[0]
+    assert row[0] == "applying" and row[1]
+
+
+def test_copy_from_stdin_is_refused_before_anything_runs(
+    postgres_db: Database, tmp_path: Path
+) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_a.up.sql": "CREATE TABLE a (id INT);",
+            "2_copy.up.sql": "CREATE TABLE t (id INT);\nCOPY (SELECT 1) TO STDOUT;\nSELECT 1/0;\n",
+        },
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", postgres_db.url)
+    assert result.returncode == 5
+    assert "2_copy.up.sql, line 2: COPY ... FROM STDIN / TO STDOUT" in result.stderr
+    assert "a" not in postgres_db.tables()
+
+
+def test_session_settings_do_not_leak_into_the_next_migration(db: Database, tmp_path: Path) -> None:
+    first = {
+        "postgres": "CREATE SCHEMA other;\nSET search_path = other;\nSET client_encoding = 'LATIN1';\n",
+        "mysql": f"CREATE DATABASE {db.name}_other;\nUSE {db.name}_other;\nSET NAMES latin1;\n",
+        "sqlite": "ATTACH DATABASE ':memory:' AS other;\nPRAGMA foreign_keys = ON;\n",
+    }[db.dialect]
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_session.up.sql": first,
+            "2_table.up.sql": "CREATE TABLE c5 (note VARCHAR(20));\nINSERT INTO c5 VALUES ('café');\n",
+        },
+    )
+    try:
+        result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+        assert result.returncode == 0, result.stderr
+        assert "c5" in db.tables()  # in the connection's own schema/database
+        assert db.query("SELECT note FROM c5") == [("café",)]
+    finally:
+        if db.dialect == "mysql":
+            db.query(f"DROP DATABASE IF EXISTS {db.name}_other")
+
+
+def test_database_errors_outside_migrations_are_clear(
+    postgres_db: Database, tmp_path: Path
+) -> None:
+    import uuid
+
+    import psycopg
+
+    role = f"whimbrel_ro_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_db.url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    try:
+        url = postgres_db.url.replace("postgres@", f"{role}@")
+        tree = write_tree(tmp_path / "app", {"1_a.up.sql": "CREATE TABLE a (id INT);"})
+        result = run_cli("migrations", "apply", str(tree), "--url", url)
+        assert result.returncode == 9, result.stderr
+        assert "set 'app': creating its tracking table: permission denied for schema public" in (
+            result.stderr
+        )
+        assert "Traceback" not in result.stderr
+    finally:
+        with psycopg.connect(postgres_db.url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_empty_down_section_cannot_be_reverted(db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_a.up.sql": "CREATE TABLE e1 (id INT);",
+            "1_a.down.sql": "-- nothing to see\n",
+            "2_b.sql": "-- migrate:up\nCREATE TABLE e2 (id INT);\n-- migrate:down\n",
+        },
+    )
+    assert run_cli("migrations", "apply", str(tree), "--url", db.url).returncode == 0
+    result = run_cli("migrations", "revert", str(tree), "--url", db.url, "--all")
+    assert result.returncode == 8
+    assert "the down section of 2_b.sql is empty" in result.stderr
+    assert [r[0] for r in db.tracking("app")] == [1, 2]
+
+
+def test_resume_after_switching_to_a_transaction(sqlite_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_a.sql": "-- migrate:up transaction:false\nCREATE TABLE a1 (id INT);\n"
+            "INSERT INTO nope VALUES (1);\n-- migrate:down\nDROP TABLE a1;\n",
+        },
+    )
+    assert run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url).returncode == 1
+    (tree / "1_a.sql").write_text(
+        "-- migrate:up\nCREATE TABLE a1 (id INT);\nINSERT INTO a1 VALUES (1);\n"
+        "-- migrate:down\nDROP TABLE a1;\n"
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert sqlite_db.query("SELECT id FROM a1") == [(1,)]
+    assert sqlite_db.query("SELECT status, statements_done FROM app") == [("applied", 2)]
+
+
+def test_sqlite_lock_follows_symlinks(sqlite_db: Database, tmp_path: Path) -> None:
+    real = Path(sqlite_db.name)
+    real.touch()
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    holder = _hold_lock(sqlite_db)
+    try:
+        tree = write_tree(tmp_path / "app", {"1_a.up.sql": "CREATE TABLE a (id INT);"})
+        result = run_cli(
+            "migrations", "apply", str(tree), "--url", f"sqlite:///{link}", "--lock-timeout", "1"
+        )
+        assert result.returncode == 7, result.stderr
+    finally:
+        holder.kill()
+        holder.wait()

@@ -78,3 +78,20 @@ def test_redact(text: str) -> None:
 
 def test_redact_known_secrets_anywhere() -> None:
     assert redact("Access denied using hunter2", ["hunter2"]) == "Access denied using ***"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "postgresql://postgres:p@ssw0rdSECRET@127.0.0.1/db",
+        "mysql://root:pa/ssSECRET@127.0.0.1/db",
+    ],
+)
+def test_redact_unencoded_characters_in_passwords(text: str) -> None:
+    assert "SECRET" not in redact(text)
+
+
+def test_invalid_port_error_does_not_echo_the_url() -> None:
+    with pytest.raises(UsageError) as info:
+        parse_url("postgresql://postgres:pa/ssSECRET@127.0.0.1/db")
+    assert "SECRET" not in str(info.value)

@@ -25,6 +25,7 @@ Exit codes:
   6   cannot connect to the database
   7   timed out waiting for the migration lock
   8   refused: unsafe state (dirty, drift, out of order, foreign table); nothing changed
+  9   a database error outside any migration (e.g. no permission to create the tracking table)
   130 interrupted
 """
 

@@ -144,6 +144,10 @@ def _scan(folder: Path) -> tuple[list[Path], list[Path], list[str]]:
             raise InvalidMigrationsError(
                 f"cannot read {entry.path}: {exc.strerror or exc}"
             ) from exc
+        if looks_like_migration(entry.name) and not is_file:
+            raise InvalidMigrationsError(
+                f"{entry.path} is named like a migration but is not a regular file"
+            )
         if is_dir:
             folders.append(Path(entry.path))
         elif is_file and looks_like_migration(entry.name):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,19 +28,22 @@ from whimbrel.drivers.base import (
     TRACKING_COLUMNS,
     DeleteRow,
     InsertRow,
+    Progress,
     RowValues,
     StatementError,
     client_identity,
 )
 from whimbrel.errors import (
     ConnectionFailed,
+    DatabaseError,
     InvalidMigrationsError,
     MigrationFailed,
     RefusedError,
     UsageError,
+    WhimbrelError,
 )
 from whimbrel.plan import MigrationState, SetState, compare
-from whimbrel.urls import DatabaseURL, Dialect
+from whimbrel.urls import DatabaseURL, Dialect, redact
 
 if TYPE_CHECKING:
     from whimbrel.sqlsplit import Statement
@@ -95,6 +99,8 @@ class Step:
     resuming: bool = False  # continues a dirty row instead of starting a new one
     statements: tuple[Statement, ...] = ()
     atomic: bool = True
+    own_transactions: bool = False  # the file says BEGIN/COMMIT itself: run it as written
+    changes_session: bool = False  # SET, USE, PRAGMA...: reset the session afterwards
 
     @property
     def table(self) -> str:
@@ -157,26 +163,42 @@ def locked(driver: Driver, options: RunOptions, reporter: Reporter) -> Iterator[
 def read_states(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
     states = []
     for migration_set in sets:
-        columns = driver.table_columns(migration_set.table)
-        if columns is None:
-            states.append(compare(migration_set, None))
-            continue
-        if columns != set(TRACKING_COLUMNS):
-            raise RefusedError(
-                f"set {migration_set.name!r}: the table {migration_set.table!r} exists but is "
-                "not a whimbrel tracking table"
-                + (f" (its columns: {', '.join(sorted(columns))})" if columns else "")
-                + "; whimbrel will not touch it. Rename the set's folder or that table."
-            )
-        states.append(compare(migration_set, driver.read_rows(migration_set.table)))
+        with _context(f"set {migration_set.name!r}: reading its tracking table"):
+            states.append(_read_state(driver, migration_set))
     return states
+
+
+@contextmanager
+def _context(what: str) -> Iterator[None]:
+    try:
+        yield
+    except DatabaseError as exc:
+        raise DatabaseError(f"{what}: {exc.message}") from None
+
+
+def _read_state(driver: Driver, migration_set: MigrationSet) -> SetState:
+    columns = driver.table_columns(migration_set.table)
+    if columns is None:
+        return compare(migration_set, None)
+    if columns != set(TRACKING_COLUMNS):
+        raise RefusedError(
+            f"set {migration_set.name!r}: the table {migration_set.table!r} exists but is "
+            "not a whimbrel tracking table"
+            + (f" (its columns: {', '.join(sorted(columns))})" if columns else "")
+            + "; whimbrel will not touch it. Rename the set's folder or that table."
+        )
+    secrets = driver.url.secrets()
+    rows = [
+        replace(row, error=redact(row.error, secrets)) if row.error else row
+        for row in driver.read_rows(migration_set.table)
+    ]
+    return compare(migration_set, rows)
 
 
 def _statements_hash(statements: Sequence[Statement]) -> str:
     digest = hashlib.sha256()
     for statement in statements:
-        digest.update(statement.text.encode())
-        digest.update(b"\0")
+        _feed(digest, statement)
     return digest.hexdigest()
 
 
@@ -251,6 +273,10 @@ def check_safe(
 
 
 # -- preparing steps --------------------------------------------------------------------
+_CLIENT_COPY = re.compile(r"copy\b.*\b(?:from\s+stdin|to\s+stdout)\b", re.IGNORECASE | re.DOTALL)
+_SESSION_STATEMENT = re.compile(r"(?:set|reset|use|pragma|attach|detach)\b", re.IGNORECASE)
+
+
 def prepare(step: Step, dialect: Dialect, transactional_ddl: bool) -> Step:
     """Split and check a step's SQL for this database, before anything runs."""
     from whimbrel.sqlsplit import SplitError, is_transaction_control, split_statements
@@ -266,9 +292,27 @@ def prepare(step: Step, dialect: Dialect, transactional_ddl: bool) -> Step:
         raise InvalidMigrationsError(
             "has no SQL statements (only comments)", set_name=step.set_name, file=section.file
         )
+    for statement in statements:
+        if dialect == "postgres" and _CLIENT_COPY.match(statement.text):
+            raise InvalidMigrationsError(
+                "COPY ... FROM STDIN / TO STDOUT needs psql's client-side data handling; "
+                "use INSERT, or COPY from a file on the server",
+                set_name=step.set_name,
+                file=section.file,
+                line=statement.line,
+            )
     own_transactions = any(is_transaction_control(s, dialect) for s in statements)
     atomic = transactional_ddl and section.transaction and not own_transactions
-    return replace(step, statements=tuple(statements), atomic=atomic)
+    changes_session = any(
+        _SESSION_STATEMENT.match(s.text) or "set_config" in s.text.lower() for s in statements
+    )
+    return replace(
+        step,
+        statements=tuple(statements),
+        atomic=atomic,
+        own_transactions=own_transactions,
+        changes_session=changes_session,
+    )
 
 
 def _check_resume(step: Step, state: MigrationState) -> Step:
@@ -286,11 +330,14 @@ def _check_resume(step: Step, state: MigrationState) -> Step:
             "already ran have changed since. Repair by hand and use "
             "`whimbrel migrations mark`."
         )
-    return replace(step, resume_from=done, resuming=True)
+    # The row exists and statements before `done` are applied: only stepwise can continue.
+    return replace(step, resume_from=done, resuming=True, atomic=False)
 
 
 # -- executing steps --------------------------------------------------------------------
-def _failure(step: Step, exc: StatementError, *, rolled_back: bool) -> MigrationFailed:
+def _failure(
+    step: Step, exc: StatementError, *, rolled_back: bool, done: int = 0
+) -> MigrationFailed:
     statements = step.statements
     index = exc.index
     line = None
@@ -325,11 +372,11 @@ def _failure(step: Step, exc: StatementError, *, rolled_back: bool) -> Migration
         done_word = "applied" if step.direction == "up" else "reverted"
         after = f"It ran in a transaction: nothing of {step.file} was {done_word}."
     else:
-        done = index if index is not None else 0
         after = (
-            f"{step.file} is now dirty: {done} statement(s) completed before the failure "
-            "and were not rolled back (this database commits DDL at once). Fix the file, "
-            "then continue with --resume."
+            f"{step.file} is now dirty: {done} of its {len(statements)} statement(s) completed "
+            "and stay applied (it does not run in one transaction). Fix the file, then "
+            "continue with --resume, or repair by hand and record the outcome with "
+            "`whimbrel migrations mark`."
         )
     message = f"{verb} failed: {where}:\n{_indent(exc.message)}"
     if statement_text is not None:
@@ -383,14 +430,16 @@ def execute_step(driver: Driver, step: Step) -> StepOutcome:
         else:
             _run_stepwise(driver, step)
     except ConnectionFailed as exc:
-        state = (
-            "it ran in a transaction, so nothing of it was recorded"
-            if step.atomic
-            else "it is now dirty; `whimbrel migrations inspect` shows how far it got"
-        )
-        raise ConnectionFailed(
-            f"{exc.message}\nwhile running {step.file} of set {step.set_name!r}: {state}"
+        raise ConnectionFailed(f"{exc.message}\n{_while(step)}") from None
+    except DatabaseError as exc:
+        raise DatabaseError(
+            f"recording {step.file} in the tracking table {step.table!r}: {exc.message}\n"
+            + _while(step)
         ) from None
+    finally:
+        if step.changes_session:
+            with contextlib.suppress(WhimbrelError):
+                driver.reset_session()
     duration_ms = (time.perf_counter() - started) * 1000
     return StepOutcome(
         set_name=step.set_name,
@@ -404,6 +453,15 @@ def execute_step(driver: Driver, step: Step) -> StepOutcome:
         atomic=step.atomic,
         resumed_from=step.resume_from,
     )
+
+
+def _while(step: Step) -> str:
+    outcome = (
+        "it ran in a transaction, so nothing of it was recorded"
+        if step.atomic
+        else "it may be dirty; `whimbrel migrations inspect` shows how far it got"
+    )
+    return f"while running {step.file} of set {step.set_name!r}: {outcome}"
 
 
 def _run_atomic(driver: Driver, step: Step) -> None:
@@ -433,23 +491,33 @@ def _run_stepwise(driver: Driver, step: Step) -> None:
             driver.set_status(step.table, step.version, status=APPLYING)
         else:
             driver.write(InsertRow(step.table, _row(step.migration, APPLYING, 0, None)))
-        dirty_status = APPLYING
     else:
         driver.set_status(
             step.table, step.version, status=REVERTING, reset_progress=not step.resuming
         )
-        dirty_status = REVERTING
+    done_hash = hashlib.sha256()
+    for statement in statements[:start]:
+        _feed(done_hash, statement)
     for index in range(start, len(statements)):
+        statement = statements[index]
+        _feed(done_hash, statement)
+        progress = Progress(step.table, step.version, index + 1, done_hash.hexdigest())
+        # A file with its own BEGIN/COMMIT runs as written; otherwise each statement and
+        # its progress commit together wherever the statement allows a transaction.
+        wrap = not step.own_transactions and driver.can_wrap(statement.text)
         try:
-            driver.run_statement(statements[index].text)
+            driver.run_tracked(statement.text, progress, wrap=wrap)
         except StatementError as exc:
-            if exc.index is not None:
-                exc.index = index
-            failure = _failure(step, exc, rolled_back=False)
-            driver.set_status(step.table, step.version, status=dirty_status, error=exc.message)
-            raise failure from None
-        driver.update_progress(
-            step.table, step.version, index + 1, _statements_hash(statements[: index + 1])
+            exc.index = index
+            raise _stepwise_failure(driver, step, exc) from None
+    if driver.in_transaction():
+        raise _stepwise_failure(
+            driver,
+            step,
+            StatementError(
+                "ERROR: the file left a transaction open (a BEGIN without COMMIT, or "
+                "autocommit turned off); whimbrel rolled it back"
+            ),
         )
     duration_ms = (time.perf_counter() - started) * 1000
     if step.direction == "up":
@@ -465,14 +533,38 @@ def _run_stepwise(driver: Driver, step: Step) -> None:
         driver.write(DeleteRow(step.table, step.version))
 
 
+def _feed(digest: hashlib._Hash, statement: Statement) -> None:
+    digest.update(statement.text.encode())
+    digest.update(b"\0")
+
+
+def _stepwise_failure(driver: Driver, step: Step, exc: StatementError) -> MigrationFailed:
+    """Record a failed non-atomic step as dirty, saying truly how far it got."""
+    driver.rollback()  # a transaction the file opened; its progress updates go with it
+    rows = driver.fetch(
+        f"SELECT statements_done FROM {driver.qualified(step.table)} "
+        f"WHERE version = {driver.placeholder}",
+        (step.version,),
+    )
+    done = int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
+    status = APPLYING if step.direction == "up" else REVERTING
+    error = redact(exc.message, driver.url.secrets())
+    driver.set_status(step.table, step.version, status=status, error=error)
+    return _failure(step, exc, rolled_back=False, done=done)
+
+
 # -- commands -----------------------------------------------------------------------------
 def _sqlite_missing(url: DatabaseURL) -> bool:
     return url.dialect == "sqlite" and url.path is not None and not os.path.exists(url.path)
 
 
 def inspect(sets: Sequence[MigrationSet], url: DatabaseURL, options: RunOptions) -> list[SetState]:
+    """Read the state of every set; a pending file that apply would reject is an error too."""
     with session(url, options, "inspect") as driver:
-        return read_states(driver, sets)
+        states = read_states(driver, sets)
+        for step, _ in _up_steps(states, RunOptions()):
+            prepare(step, driver.dialect, driver.transactional_ddl)
+        return states
 
 
 def _up_steps(states: Sequence[SetState], options: RunOptions) -> list[tuple[Step, MigrationState]]:
@@ -516,11 +608,13 @@ def apply(
 ) -> RunResult:
     reporter = reporter or NullReporter()
     result = RunResult(command="apply", dry_run=options.dry_run, sets=[s.name for s in sets])
-    if options.dry_run and _sqlite_missing(url):
+    if _sqlite_missing(url):
+        # Check every file before creating the database file, so a refused run leaves none.
         states = [compare(s, None) for s in sets]
         steps = [prepare(step, "sqlite", True) for step, _ in _up_steps(states, options)]
-        result.steps = [_planned(step) for step in steps]
-        return result
+        if options.dry_run:
+            result.steps = [_planned(step) for step in steps]
+            return result
     with (
         session(url, options, "apply", create=not options.dry_run) as driver,
         _maybe_locked(driver, options, reporter),
@@ -538,7 +632,8 @@ def apply(
             return result
         for state in states:
             if not state.table_exists and any(s.set_name == state.name for s in planned):
-                driver.create_table(state.set.table)
+                with _context(f"set {state.name!r}: creating its tracking table"):
+                    driver.create_table(state.set.table)
         for step in planned:
             reporter.step_started(step)
             outcome = execute_step(driver, step)
@@ -604,6 +699,14 @@ def revert(
                 state, driver, options, steps, to_version, everything
             ):
                 prepared = prepare(step, driver.dialect, driver.transactional_ddl)
+                if not prepared.statements:
+                    raise RefusedError(
+                        f"refusing to revert; nothing was changed: set {state.name!r}: "
+                        f"the down section of {row_state.file} is empty, so reverting it "
+                        "would undo nothing. Write the SQL that undoes it, or if there truly "
+                        "is nothing to undo, record that with `whimbrel migrations mark ... "
+                        f"--set {state.name} --version {row_state.version} --not-applied`."
+                    )
                 if row_state.status == "dirty":
                     prepared = _check_resume(prepared, row_state)
                 planned.append(prepared)

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     CONNECTION = 6
     LOCK_TIMEOUT = 7
     REFUSED = 8
+    DATABASE_ERROR = 9
     INTERRUPTED = 130
 
 
@@ -76,6 +77,12 @@ class RefusedError(WhimbrelError):
     """The database is not in a state where the command can run safely; nothing changed."""
 
     exit_code = ExitCode.REFUSED
+
+
+class DatabaseError(WhimbrelError):
+    """The database refused whimbrel's own work (permissions, timeouts), outside any migration."""
+
+    exit_code = ExitCode.DATABASE_ERROR
 
 
 class MigrationFailed(WhimbrelError):

@@ -147,7 +147,7 @@ def _my_sep() -> str:
 
 _PG_HEAD = re.compile(
     rf"(?i:create){_pg_sep()}(?:(?i:or){_pg_sep()}(?i:replace){_pg_sep()})?"
-    rf"(?i:function|procedure){_IDENT_END}"
+    rf"(?i:function|procedure|rule){_IDENT_END}"
 )
 _MY_USER_PART = (
     r"(?:'[^'\\]*(?:\\[\s\S][^'\\]*){0,16}'|\"[^\"\\]*(?:\\[\s\S][^\"\\]*){0,16}\""
@@ -548,7 +548,8 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
                 continue
             if mode:
                 if mode == 1:
-                    if stack:
+                    # psql, too, keeps a ';' inside parentheses (CREATE RULE ... (a; b))
+                    if stack or parens:
                         last_semi = te
                         continue
                 elif end_ok < 0 or blank(sql, end_ok, ts) is None:

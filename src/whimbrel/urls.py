@@ -58,9 +58,8 @@ class DatabaseURL:
 
 
 _SECRET_PARAMS = {"password", "sslpassword", "passwd", "pass"}
-_USERINFO = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/?#\s]*):(?P<pw>[^@/\s]*)@"
-)
+# Greedy up to the last "@": a password may hold an unencoded "@" or "/".
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/?#\s]*):(?P<pw>\S*)@")
 _QUERY_SECRET = re.compile(
     r"(?P<key>[?&;](?:password|sslpassword|passwd|pass)=)(?P<value>[^&;#\s]*)", re.IGNORECASE
 )
@@ -95,8 +94,11 @@ def parse_url(url: str) -> DatabaseURL:
         raise UsageError(f"database URL {redact(url)!r} has a fragment ('#'); remove it")
     try:
         port = parts.port
-    except ValueError as exc:
-        raise UsageError(f"database URL {redact(url)!r} has an invalid port") from exc
+    except ValueError:
+        raise UsageError(
+            f"the {scheme} URL has an invalid port (if the password holds '@', '/' or ':', "
+            "percent-encode them: %40, %2F, %3A)"
+        ) from None
     database = unquote(parts.path.lstrip("/")) or None
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     return DatabaseURL(

@@ -7,6 +7,7 @@ else (what to run, in which order, what is refused) lives in the engine.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
@@ -14,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from whimbrel.urls import DatabaseURL, Dialect
 
@@ -99,6 +100,13 @@ def with_duration(writes: Sequence[TrackingWrite], seconds: float) -> list[Track
         else w
         for w in writes
     ]
+
+
+class Progress(NamedTuple):
+    table: str
+    version: int
+    statements_done: int
+    statements_sha256: str
 
 
 class StatementError(Exception):
@@ -300,3 +308,38 @@ class Driver(ABC):
     @abstractmethod
     def run_statement(self, sql: str) -> None:
         """Run one statement of a migration outside any transaction of ours."""
+
+    def can_wrap(self, sql: str) -> bool:
+        """Whether this statement may run inside a transaction of ours."""
+        return True
+
+    def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
+        """Run one statement of a non-atomic migration, then record that it is done.
+
+        With `wrap`, the statement and its progress commit together, so a crash can never
+        leave it done but not counted (short of DDL that commits implicitly on MySQL).
+        """
+        if not wrap:
+            self.run_statement(sql)
+            self.update_progress(*progress)
+            return
+        self.execute("BEGIN")
+        try:
+            self.run_statement(sql)
+            self.update_progress(*progress)
+            self.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.rollback()
+            raise
+
+    @abstractmethod
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open on the migration connection (one a file left open)."""
+
+    def rollback(self) -> None:
+        self.execute("ROLLBACK")
+
+    @abstractmethod
+    def reset_session(self) -> None:
+        """Undo session settings a migration made (SET, USE, PRAGMA) before the next one."""

@@ -2,6 +2,11 @@
 
 DDL commits implicitly here, so a migration is never atomic: the engine records a
 migration as `applying` first and advances its statement counter after every statement.
+Each statement is sent as `BEGIN; <statement>; <progress>; COMMIT` in one round trip, so
+DML and its progress commit together.
+
+`GET_LOCK` is held on a connection of its own, so that a migration's `RELEASE_ALL_LOCKS()`
+cannot free it and the migration connection can be replaced between migrations.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ import contextlib
 import hashlib
 import math
 import re
-import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, ClassVar
@@ -18,15 +22,18 @@ from typing import TYPE_CHECKING, ClassVar
 from whimbrel.drivers.base import (
     Driver,
     LockWaitCallback,
+    Progress,
     StatementError,
     TrackingWrite,
     with_duration,
 )
-from whimbrel.errors import ConnectionFailed, LockTimeout, UsageError
+from whimbrel.errors import ConnectionFailed, DatabaseError, LockTimeout, UsageError
 from whimbrel.urls import DatabaseURL, redact
 
 if TYPE_CHECKING:
     import pymysql
+
+    Connection = pymysql.connections.Connection[pymysql.cursors.Cursor]
 
 # MySQL reports "... near '...' at line N", N counted from the statement's first line.
 _AT_LINE = re.compile(r" at line (\d+)$")
@@ -41,13 +48,12 @@ class MySQLDriver(Driver):
 
     def __init__(self, url: DatabaseURL, *, connect_timeout: float, application_name: str) -> None:
         super().__init__(url)
-        import pymysql
         from pymysql.constants import CLIENT
 
         if not url.database:
             raise UsageError(f"the MySQL URL {url} names no database: add /DBNAME")
         params = url.params
-        kwargs: dict[str, object] = {
+        self._connect_kwargs: dict[str, object] = {
             "host": url.host or "localhost",
             "port": url.port or 3306,
             "user": url.user or "root",
@@ -61,22 +67,26 @@ class MySQLDriver(Driver):
         }
         socket = params.get("socket") or params.get("unix_socket")
         if socket:
-            kwargs["unix_socket"] = socket
+            self._connect_kwargs["unix_socket"] = socket
         ssl = {k.removeprefix("ssl_"): v for k, v in params.items() if k.startswith("ssl_")}
         if ssl or params.get("ssl", "").lower() in {"true", "1"}:
-            kwargs["ssl"] = ssl
-        try:
-            self.conn: pymysql.connections.Connection[pymysql.cursors.Cursor] = pymysql.connect(
-                **kwargs  # type: ignore[call-overload]
-            )
-        except pymysql.MySQLError as exc:
-            raise ConnectionFailed(f"cannot connect to {url}: {self._describe(exc)}") from None
+            self._connect_kwargs["ssl"] = ssl
+        self.conn = self._connect()
+        self.lock_conn: Connection | None = None
         name = f"whimbrel:{url.database}"
         if len(name) > _MAX_LOCK_NAME:
             name = "whimbrel:" + hashlib.sha256(url.database.encode()).hexdigest()[:40]
         self.lock_name = name
 
-    def _describe(self, exc: Exception) -> str:
+    def _connect(self) -> Connection:
+        import pymysql
+
+        try:
+            return pymysql.connect(**self._connect_kwargs)  # type: ignore[call-overload, no-any-return]
+        except pymysql.MySQLError as exc:
+            raise ConnectionFailed(f"cannot connect to {self.url}: {self._describe(exc)}") from None
+
+    def _describe(self, exc: BaseException) -> str:
         args: tuple[object, ...] = getattr(exc, "args", ())
         if len(args) >= 2 and isinstance(args[0], int):
             text = f"ERROR {args[0]}: {args[1]}"
@@ -85,15 +95,21 @@ class MySQLDriver(Driver):
         return redact(text, self.url.secrets())
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):  # already gone
-            self.conn.close()
+        for conn in (self.conn, self.lock_conn):
+            if conn is not None:
+                with contextlib.suppress(Exception):  # already gone
+                    conn.close()
 
     # -- plumbing -----------------------------------------------------------------------
-    def _run(self, sql: str, params: Sequence[object]) -> list[tuple[object, ...]]:
+    def _run(
+        self, sql: str, params: Sequence[object], conn: Connection | None = None
+    ) -> list[tuple[object, ...]]:
+        """Run SQL (several statements allowed); raw PyMySQL errors propagate."""
         import pymysql
 
+        conn = conn or self.conn
         try:
-            with self.conn.cursor() as cur:
+            with conn.cursor() as cur:
                 cur.execute(sql, tuple(params) if params else None)
                 rows = list(cur.fetchall()) if cur.description else []
                 while cur.nextset():
@@ -105,12 +121,29 @@ class MySQLDriver(Driver):
                     f"lost the connection to {self.url}: {self._describe(exc)}"
                 ) from None
             raise
+        except KeyboardInterrupt:
+            self._kill_running_query(conn)
+            raise
+
+    def _kill_running_query(self, conn: Connection) -> None:
+        # The server would go on running the statement after we leave; stop it.
+        with contextlib.suppress(Exception):
+            killer = self._connect()
+            try:
+                self._run(f"KILL QUERY {int(conn.thread_id())}", (), killer)  # type: ignore[no-untyped-call]
+            finally:
+                killer.close()
 
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
-        return self._run(sql, params)
+        import pymysql
+
+        try:
+            return self._run(sql, params)
+        except pymysql.MySQLError as exc:
+            raise DatabaseError(self._describe(exc)) from None
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> None:
-        self._run(sql, params)
+        self.fetch(sql, params)
 
     def quote(self, identifier: str) -> str:
         return "`" + identifier.replace("`", "``") + "`"
@@ -127,13 +160,18 @@ class MySQLDriver(Driver):
 
     # -- lock ---------------------------------------------------------------------------
     def acquire_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:
-        if self.fetch("SELECT GET_LOCK(%s, 0)", (self.lock_name,))[0][0] == 1:
-            return
-        holder = self.lock_holder()
-        on_wait(holder)
-        got = self.fetch("SELECT GET_LOCK(%s, %s)", (self.lock_name, max(1, math.ceil(timeout))))[
-            0
-        ][0]
+        import pymysql
+
+        self.lock_conn = lock = self._connect()
+        try:
+            if self._run("SELECT GET_LOCK(%s, 0)", (self.lock_name,), lock)[0][0] == 1:
+                return
+            holder = self.lock_holder()
+            on_wait(holder)
+            wait = max(1, math.ceil(timeout))
+            got = self._run("SELECT GET_LOCK(%s, %s)", (self.lock_name, wait), lock)[0][0]
+        except pymysql.MySQLError as exc:
+            raise DatabaseError(f"waiting for the migration lock: {self._describe(exc)}") from None
         if got != 1:
             raise LockTimeout(
                 f"gave up after {timeout:g} s waiting for the migration lock on {self.url}"
@@ -153,7 +191,10 @@ class MySQLDriver(Driver):
         return f"connection {owner} ({user}@{host}, connected for {seconds} s)"
 
     def release_lock(self) -> None:
-        self.execute("SELECT RELEASE_LOCK(%s)", (self.lock_name,))
+        if self.lock_conn is not None:
+            with contextlib.suppress(Exception):
+                self.lock_conn.close()  # GET_LOCK locks end with their session
+            self.lock_conn = None
 
     # -- tracking tables ----------------------------------------------------------------
     def table_columns(self, table: str) -> set[str] | None:
@@ -195,7 +236,9 @@ class MySQLDriver(Driver):
     def run_atomic(
         self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
     ) -> None:
-        # Only DML is atomic on MySQL; the engine sends DDL through run_statement instead.
+        # Only DML is atomic on MySQL; the engine sends DDL through run_tracked instead.
+        import time
+
         assert statements is not None
         started = time.perf_counter()
         self.execute("BEGIN")
@@ -206,13 +249,35 @@ class MySQLDriver(Driver):
                 self.write(write)
             self.execute("COMMIT")
         except BaseException:
-            self.execute("ROLLBACK")
+            with contextlib.suppress(Exception):
+                self.rollback()
             raise
+
+    def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
+        if not wrap:
+            super().run_tracked(sql, progress, wrap=False)
+            return
+        table, version, done, done_sha = progress
+        update = self._run_sql_params(
+            f"UPDATE {self.qualified(table)} SET statements_done = %s, statements_sha256 = %s "
+            "WHERE version = %s",
+            (done, done_sha, version),
+        )
+        # One round trip; the server stops at the first error, so nothing after it runs.
+        try:
+            self._statement(f"BEGIN;\n{sql}\n;\n{update};\nCOMMIT", 0, body=sql)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.rollback()
+            raise
+
+    def _run_sql_params(self, sql: str, params: Sequence[object]) -> str:
+        return self.conn.cursor().mogrify(sql, tuple(params))
 
     def run_statement(self, sql: str) -> None:
         self._statement(sql, 0)
 
-    def _statement(self, sql: str, index: int) -> None:
+    def _statement(self, sql: str, index: int, *, body: str | None = None) -> None:
         import pymysql
 
         try:
@@ -221,11 +286,37 @@ class MySQLDriver(Driver):
             message = self._describe(exc)
             position = None
             if match := _AT_LINE.search(message):
-                position = _offset_of_line(sql, int(match[1]))
+                position = _offset_of_line(body if body is not None else sql, int(match[1]))
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
             raise StatementError(
                 message, index=index, position=position, sqlstate=str(code) if code else None
             ) from None
+
+    def in_transaction(self) -> bool:
+        autocommit, in_transaction = self._session_state()
+        return not autocommit or in_transaction
+
+    def _session_state(self) -> tuple[bool, bool]:
+        import pymysql
+
+        try:  # MariaDB
+            autocommit, in_transaction = self._run("SELECT @@autocommit, @@in_transaction", ())[0]
+        except pymysql.MySQLError:  # MySQL: ask InnoDB
+            autocommit = self.fetch("SELECT @@autocommit")[0][0]
+            in_transaction = self.fetch(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX "
+                "WHERE trx_mysql_thread_id = CONNECTION_ID()"
+            )[0][0]
+        return bool(autocommit), bool(in_transaction)
+
+    def rollback(self) -> None:
+        self.execute("ROLLBACK")
+
+    def reset_session(self) -> None:
+        # MySQL has no statement that resets a session's variables; a new session does.
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        self.conn = self._connect()
 
 
 def _offset_of_line(text: str, line: int) -> int | None:

@@ -3,11 +3,15 @@
 A transactional migration travels in one round trip: `BEGIN; <file>; <tracking row>; COMMIT`
 as one simple-protocol query. The server returns one result per statement, so the count of
 results before the error says which statement failed, and the error position says where.
+
+The advisory lock lives on a connection of its own, so nothing a migration does to its
+session (`pg_advisory_unlock_all()`, `DISCARD ALL`) can release it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
@@ -17,11 +21,12 @@ from whimbrel.drivers.base import (
     Driver,
     InsertRow,
     LockWaitCallback,
+    Progress,
     StatementError,
     TrackingWrite,
     client_identity,
 )
-from whimbrel.errors import ConnectionFailed, LockTimeout, RefusedError
+from whimbrel.errors import ConnectionFailed, DatabaseError, LockTimeout, RefusedError
 from whimbrel.urls import DatabaseURL, redact
 
 if TYPE_CHECKING:
@@ -30,6 +35,14 @@ if TYPE_CHECKING:
 
 # One advisory lock per database for every whimbrel run, whatever the sets.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"whimbrel migrations").digest()[:8], "big", signed=True)
+
+# Statements PostgreSQL refuses inside a transaction block.
+_NO_TRANSACTION = re.compile(
+    r"(?:(?:create|drop)\s+(?:unique\s+)?index\s+concurrently"
+    r"|reindex\b.*\bconcurrently|vacuum|(?:create|drop)\s+(?:database|tablespace)"
+    r"|alter\s+system|alter\s+database\b.*\bset\s+tablespace)\b",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 def _literal(value: object) -> str:
@@ -50,22 +63,13 @@ class PostgresDriver(Driver):
 
     def __init__(self, url: DatabaseURL, *, connect_timeout: float, application_name: str) -> None:
         super().__init__(url)
-        import psycopg
-
-        kwargs: dict[str, object] = {"autocommit": True, "client_encoding": "utf8"}
+        self._connect_kwargs: dict[str, object] = {"autocommit": True, "client_encoding": "utf8"}
         if "connect_timeout" not in url.params:
-            kwargs["connect_timeout"] = max(2, round(connect_timeout))
+            self._connect_kwargs["connect_timeout"] = max(2, round(connect_timeout))
         if "application_name" not in url.params:
-            kwargs["application_name"] = application_name[:63]
-        try:
-            self.conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(
-                url.raw,
-                **kwargs,  # type: ignore[arg-type]
-            )
-        except psycopg.Error as exc:
-            raise ConnectionFailed(
-                f"cannot connect to {url}: {redact(str(exc).strip(), url.secrets())}"
-            ) from None
+            self._connect_kwargs["application_name"] = application_name[:63]
+        self.conn = self._connect()
+        self.lock_conn: psycopg.Connection[tuple[object, ...]] | None = None
         schema = self.fetch("SELECT current_schema()")[0][0]
         if schema is None:
             self.conn.close()
@@ -74,17 +78,49 @@ class PostgresDriver(Driver):
             )
         self.schema = str(schema)
 
+    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+        import psycopg
+
+        try:
+            return psycopg.connect(self.url.raw, **self._connect_kwargs)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise ConnectionFailed(f"cannot connect to {self.url}: {self._text(exc)}") from None
+
+    def _text(self, exc: BaseException) -> str:
+        return redact(str(exc).strip(), self.url.secrets())
+
     def close(self) -> None:
         self.conn.close()
+        if self.lock_conn is not None:
+            self.lock_conn.close()
 
     # -- plumbing -----------------------------------------------------------------------
+    def _query(
+        self,
+        sql: str,
+        params: Sequence[object],
+        conn: psycopg.Connection[tuple[object, ...]] | None = None,
+    ) -> list[tuple[object, ...]]:
+        import psycopg
+
+        try:
+            with (conn or self.conn).cursor() as cur:
+                cur.execute(sql.encode(), params or None)
+                return cur.fetchall() if cur.description else []
+        except psycopg.OperationalError as exc:
+            if (conn or self.conn).broken or exc.sqlstate is None:
+                raise ConnectionFailed(
+                    f"lost the connection to {self.url}: {self._text(exc)}"
+                ) from None
+            raise DatabaseError(self._text(exc)) from None
+        except psycopg.Error as exc:
+            raise DatabaseError(self._text(exc)) from None
+
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
-        with self.conn.cursor() as cur:
-            cur.execute(sql.encode(), params or None)
-            return cur.fetchall() if cur.description else []
+        return self._query(sql, params)
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> None:
-        self.conn.execute(sql.encode(), params or None)
+        self._query(sql, params)
 
     def quote(self, identifier: str) -> str:
         return '"' + identifier.replace('"', '""') + '"'
@@ -102,20 +138,21 @@ class PostgresDriver(Driver):
     def acquire_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:
         import psycopg
 
-        if self.fetch("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))[0][0]:
+        self.lock_conn = lock = self._connect()
+        if self._query("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,), lock)[0][0]:
             return
         holder = self.lock_holder()
         on_wait(holder)
         try:
-            self.execute(f"SET lock_timeout = {max(1, int(timeout * 1000))}")
-            self.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+            lock.execute(f"SET lock_timeout = {max(1, int(timeout * 1000))}".encode())
+            lock.execute(b"SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         except psycopg.errors.LockNotAvailable:
             raise LockTimeout(
                 f"gave up after {timeout:g} s waiting for the migration lock on {self.url}"
                 + (f", held by {self.lock_holder() or holder}" if holder else "")
             ) from None
-        finally:
-            self.execute("RESET lock_timeout")
+        except psycopg.Error as exc:
+            raise DatabaseError(f"waiting for the migration lock: {self._text(exc)}") from None
 
     def lock_holder(self) -> str | None:
         unsigned = LOCK_KEY & 0xFFFFFFFFFFFFFFFF
@@ -136,7 +173,9 @@ class PostgresDriver(Driver):
         )
 
     def release_lock(self) -> None:
-        self.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        if self.lock_conn is not None:
+            self.lock_conn.close()  # the session's advisory locks go with it
+            self.lock_conn = None
 
     # -- tracking tables ----------------------------------------------------------------
     def table_columns(self, table: str) -> set[str] | None:
@@ -210,17 +249,36 @@ class PostgresDriver(Driver):
             f"applied_by) VALUES ({values})"
         )
 
+    def _render_progress(self, progress: Progress) -> str:
+        return (
+            f"UPDATE {self.qualified(progress.table)} SET statements_done = "
+            f"{progress.statements_done}, statements_sha256 = "
+            f"{_literal(progress.statements_sha256)} WHERE version = {progress.version}"
+        )
+
     def run_atomic(
         self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
     ) -> None:
+        tail = "".join(self._render(w) + ";\n" for w in writes)
+        self._run_wrapped(sql, tail)
+
+    def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
+        if wrap:
+            self._run_wrapped(sql, self._render_progress(progress) + ";\n")
+            return
+        # Alone, so that statements such as CREATE INDEX CONCURRENTLY can run.
+        self.run_statement(sql)
+        self.update_progress(*progress)
+
+    def _run_wrapped(self, sql: str, tail: str) -> None:
+        """`BEGIN; sql; tail COMMIT` in one round trip; the statement count names a failure."""
         prefix = "BEGIN;\n"
-        tail = "\n;\n" + "".join(self._render(w) + ";\n" for w in writes) + "COMMIT"
-        results = self._send(prefix + sql + tail)
+        results = self._send(prefix + sql + "\n;\n" + tail + "COMMIT")
         error = self._first_error(results)
         if error is None:
             return
         result_index, result = error
-        self._rollback_if_needed()
+        self.rollback()
         position = self._position(result)
         offset = position - len(prefix) if position is not None else None
         if offset is not None and not 0 <= offset < len(sql):
@@ -245,9 +303,25 @@ class PostgresDriver(Driver):
             sqlstate=self._sqlstate(result),
         )
 
+    def can_wrap(self, sql: str) -> bool:
+        return _NO_TRANSACTION.match(sql) is None
+
+    def in_transaction(self) -> bool:
+        from psycopg import pq
+
+        return self.conn.pgconn.transaction_status != pq.TransactionStatus.IDLE
+
+    def rollback(self) -> None:
+        if self.in_transaction():
+            self.execute("ROLLBACK")
+
+    def reset_session(self) -> None:
+        # Back to the connection's own settings (including ?options=... from the URL).
+        self.execute("RESET ALL")
+
     def _send(self, query: str) -> list[PGresult]:
         import psycopg
-        from psycopg import generators
+        from psycopg import generators, pq
 
         pgconn = self.conn.pgconn
         try:
@@ -256,11 +330,21 @@ class PostgresDriver(Driver):
                 results: list[PGresult] = self.conn.wait(generators.execute(pgconn))
         except psycopg.OperationalError as exc:
             raise ConnectionFailed(
-                f"lost the connection to {self.url}: {redact(str(exc).strip(), self.url.secrets())}"
+                f"lost the connection to {self.url}: {self._text(exc)}"
             ) from None
-        if results and results[-1].status in (_copy_statuses()):
-            pgconn.put_copy_end(b"whimbrel does not support COPY ... FROM STDIN in migrations")
-            results += self.conn.wait(generators.fetch_many(pgconn))
+        if results and results[-1].status in (
+            pq.ExecStatus.COPY_IN,
+            pq.ExecStatus.COPY_OUT,
+            pq.ExecStatus.COPY_BOTH,
+        ):
+            # Client-side COPY data is psql's business; prepare() refuses such files, so
+            # this is only reached through COPY hidden in a function. Leave a clean state.
+            self.conn.close()
+            raise StatementError(
+                "ERROR: COPY ... FROM STDIN / TO STDOUT needs client-side data, which "
+                "migrations cannot carry; the connection was closed",
+                index=len(results) - 2,
+            )
         return results
 
     def _first_error(self, results: list[PGresult]) -> tuple[int, PGresult] | None:
@@ -270,12 +354,6 @@ class PostgresDriver(Driver):
             if result.status == pq.ExecStatus.FATAL_ERROR:
                 return index, result
         return None
-
-    def _rollback_if_needed(self) -> None:
-        from psycopg import pq
-
-        if self.conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
-            self.execute("ROLLBACK")
 
     @staticmethod
     def _field(result: PGresult, name: str) -> str | None:
@@ -303,10 +381,4 @@ class PostgresDriver(Driver):
                 lines.append(f"{label}: {value}")
         if (context := self._field(result, "CONTEXT")) and "PL/pgSQL" in context:
             lines.append(f"CONTEXT: {context}")
-        return "\n".join(lines)
-
-
-def _copy_statuses() -> tuple[int, ...]:
-    from psycopg import pq
-
-    return (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_BOTH)
+        return redact("\n".join(lines), self.url.secrets())

@@ -8,6 +8,7 @@ holding process dies, so a killed run never leaves a stale lock.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -22,11 +23,12 @@ from whimbrel.drivers.base import (
     client_identity,
     with_duration,
 )
-from whimbrel.errors import ConnectionFailed, LockTimeout
+from whimbrel.errors import ConnectionFailed, DatabaseError, LockTimeout
 from whimbrel.urls import DatabaseURL
 
 LOCK_SUFFIX = ".whimbrel-lock"
 _SQLITE_INTERRUPT = 9  # sqlite3.SQLITE_INTERRUPT, named only from Python 3.11
+_NO_TRANSACTION = re.compile(r"(?:vacuum|pragma)\b", re.IGNORECASE)
 
 
 class SQLiteDriver(Driver):
@@ -37,19 +39,24 @@ class SQLiteDriver(Driver):
         super().__init__(url)
         assert url.path is not None
         self.path = url.path
+        self._busy_timeout = busy_timeout
         if not create and not os.path.exists(self.path):
             raise ConnectionFailed(f"SQLite database file {self.path} does not exist")
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
             raise ConnectionFailed(f"cannot create SQLite database {self.path}: no folder {folder}")
+        self.conn = self._connect()
+        self._lock_fd: int | None = None
+
+    def _connect(self) -> sqlite3.Connection:
         try:
-            self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout)
-            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
         except sqlite3.Error as exc:
             raise ConnectionFailed(f"cannot open SQLite database {self.path}: {exc}") from None
         # A query runs in C; calling back into Python now and then lets Ctrl-C through.
-        self.conn.set_progress_handler(_let_signals_in, 100_000)
-        self._lock_fd: int | None = None
+        conn.set_progress_handler(_let_signals_in, 100_000)
+        return conn
 
     def close(self) -> None:
         self.conn.close()
@@ -61,10 +68,13 @@ class SQLiteDriver(Driver):
         return "?"
 
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
-        return list(self.conn.execute(sql, tuple(params)).fetchall())
+        try:
+            return list(self.conn.execute(sql, tuple(params)).fetchall())
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"{self.path}: {exc}") from None
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> None:
-        self.conn.execute(sql, tuple(params))
+        self.fetch(sql, params)
 
     def quote(self, identifier: str) -> str:
         return '"' + identifier.replace('"', '""') + '"'
@@ -88,7 +98,8 @@ class SQLiteDriver(Driver):
     def acquire_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:
         import fcntl
 
-        lock_path = self.path + LOCK_SUFFIX
+        # Keyed on the real file, so that two names for one database share one lock.
+        lock_path = os.path.realpath(self.path) + LOCK_SUFFIX
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + timeout
         delay = 0.005
@@ -166,12 +177,27 @@ class SQLiteDriver(Driver):
                 self.write(write)
             self.conn.execute("COMMIT")
         except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+            self.rollback()
             raise
 
     def run_statement(self, sql: str) -> None:
         self._statement(sql, 0)
+
+    def can_wrap(self, sql: str) -> bool:
+        # VACUUM fails in a transaction, and some PRAGMAs silently do nothing there.
+        return _NO_TRANSACTION.match(sql) is None
+
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def reset_session(self) -> None:
+        # PRAGMAs and ATTACHed databases belong to the connection: start a new one.
+        self.conn.close()
+        self.conn = self._connect()
 
     def _statement(self, sql: str, index: int) -> None:
         try:
