@@ -648,7 +648,9 @@ def test_copy_from_stdin_is_refused_before_anything_runs(
 
 def test_session_settings_do_not_leak_into_the_next_migration(db: Database, tmp_path: Path) -> None:
     first = {
-        "postgres": "CREATE SCHEMA other;\nSET search_path = other;\nSET client_encoding = 'LATIN1';\n",
+        "postgres": (
+            "CREATE SCHEMA other;\nSET search_path = other;\nSET client_encoding = 'LATIN1';\n"
+        ),
         "mysql": f"CREATE DATABASE {db.name}_other;\nUSE {db.name}_other;\nSET NAMES latin1;\n",
         "sqlite": "ATTACH DATABASE ':memory:' AS other;\nPRAGMA foreign_keys = ON;\n",
     }[db.dialect]
@@ -656,7 +658,9 @@ def test_session_settings_do_not_leak_into_the_next_migration(db: Database, tmp_
         tmp_path / "app",
         {
             "1_session.up.sql": first,
-            "2_table.up.sql": "CREATE TABLE c5 (note VARCHAR(20));\nINSERT INTO c5 VALUES ('café');\n",
+            "2_table.up.sql": (
+                "CREATE TABLE c5 (note VARCHAR(20));\nINSERT INTO c5 VALUES ('café');\n"
+            ),
         },
     )
     try:

@@ -510,7 +510,8 @@ def _run_stepwise(driver: Driver, step: Step) -> None:
         except StatementError as exc:
             exc.index = index
             raise _stepwise_failure(driver, step, exc) from None
-    if driver.in_transaction():
+    # Only a file that says BEGIN/COMMIT itself can leave a transaction open.
+    if step.own_transactions and driver.in_transaction():
         raise _stepwise_failure(
             driver,
             step,

@@ -142,8 +142,11 @@ def _print_inspect_rich(states: Sequence[SetState]) -> None:
             title=f"{state.name} [dim](table {state.set.table})[/dim]: {_summary(state)}",
             title_justify="left",
         )
-        for header in ("Version", "Name", "Status", "Applied at (UTC)", "File"):
-            table.add_column(header)
+        table.add_column("Version", justify="right", no_wrap=True)
+        table.add_column("Name", overflow="fold")
+        table.add_column("Status", no_wrap=True)
+        table.add_column("Applied at (UTC)", no_wrap=True)
+        table.add_column("File", overflow="fold")
         for row in _rows(state):
             colour = _STATUS_COLOURS[row[2]]
             table.add_row(row[0], row[1], f"[{colour}]{row[2]}[/{colour}]", row[3], row[4])
