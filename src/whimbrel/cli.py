@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from whimbrel import __version__
 from whimbrel.errors import ExitCode, MigrationFailed, UsageError, WhimbrelError
 from whimbrel.urls import DatabaseURL, parse_url, redact
+
+if TYPE_CHECKING:
+    from whimbrel.engine import RunResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -147,6 +150,25 @@ def inspect(
         sys.exit(ExitCode.PENDING)
 
 
+def _run_and_report(
+    command: Callable[..., RunResult], output: str, *args: Any, **kwargs: Any
+) -> None:
+    """Run apply/revert with progress lines (text) or one JSON document, and report."""
+    from whimbrel import output as render
+
+    reporter = render.ProgressReporter() if output == "text" else None
+    try:
+        result = command(*args, reporter=reporter, **kwargs)
+    except WhimbrelError as exc:
+        if reporter is not None and isinstance(exc, MigrationFailed):
+            reporter.failed()
+        _fail(exc)
+    if output == "json":
+        click.echo(render.run_json(result))
+    else:
+        render.print_run(result)
+
+
 def _run_options(f: F) -> F:
     f = click.option(
         "--dry-run", is_flag=True, help="Print what would run, in order, and change nothing."
@@ -197,27 +219,20 @@ def apply(
     (PostgreSQL, SQLite); elsewhere progress is recorded statement by statement.
     """
     from whimbrel import api
-    from whimbrel import output as render
 
-    reporter = render.ProgressReporter() if output == "text" else None
-    try:
-        result = api.apply(
-            path,
-            _parse(url),
-            sets=only_sets,
-            dry_run=dry_run,
-            allow_drift=allow_drift,
-            allow_out_of_order=allow_out_of_order,
-            resume=resume,
-            lock_timeout=lock_timeout,
-            connect_timeout=connect_timeout,
-            reporter=reporter,
-        )
-    except WhimbrelError as exc:
-        if reporter is not None and isinstance(exc, MigrationFailed):
-            reporter.failed()
-        _fail(exc)
-    click.echo(render.run_json(result)) if output == "json" else render.print_run(result)
+    _run_and_report(
+        api.apply,
+        output,
+        path,
+        _parse(url),
+        sets=only_sets,
+        dry_run=dry_run,
+        allow_drift=allow_drift,
+        allow_out_of_order=allow_out_of_order,
+        resume=resume,
+        lock_timeout=lock_timeout,
+        connect_timeout=connect_timeout,
+    )
 
 
 @migrations.command(epilog=EXIT_CODES_HELP)
@@ -256,29 +271,22 @@ def revert(
     With no option, reverts the single newest migration of each selected set.
     """
     from whimbrel import api
-    from whimbrel import output as render
 
-    reporter = render.ProgressReporter() if output == "text" else None
-    try:
-        result = api.revert(
-            path,
-            _parse(url),
-            steps=steps,
-            to=to_version,
-            all=everything,
-            sets=only_sets,
-            dry_run=dry_run,
-            allow_drift=allow_drift,
-            resume=resume,
-            lock_timeout=lock_timeout,
-            connect_timeout=connect_timeout,
-            reporter=reporter,
-        )
-    except WhimbrelError as exc:
-        if reporter is not None and isinstance(exc, MigrationFailed):
-            reporter.failed()
-        _fail(exc)
-    click.echo(render.run_json(result)) if output == "json" else render.print_run(result)
+    _run_and_report(
+        api.revert,
+        output,
+        path,
+        _parse(url),
+        steps=steps,
+        to=to_version,
+        all=everything,
+        sets=only_sets,
+        dry_run=dry_run,
+        allow_drift=allow_drift,
+        resume=resume,
+        lock_timeout=lock_timeout,
+        connect_timeout=connect_timeout,
+    )
 
 
 @migrations.command(epilog=EXIT_CODES_HELP)

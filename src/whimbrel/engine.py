@@ -622,12 +622,7 @@ def apply(
     ):
         states = read_states(driver, sets)
         check_safe(states, options, "apply")
-        planned = []
-        for step, migration_state in _up_steps(states, options):
-            prepared = prepare(step, driver.dialect, driver.transactional_ddl)
-            if migration_state.status == "dirty":
-                prepared = _check_resume(prepared, migration_state)
-            planned.append(prepared)
+        planned = _prepare_all(driver, _up_steps(states, options))
         if options.dry_run:
             result.steps = [_planned(s) for s in planned]
             return result
@@ -635,12 +630,37 @@ def apply(
             if not state.table_exists and any(s.set_name == state.name for s in planned):
                 with _context(f"set {state.name!r}: creating its tracking table"):
                     driver.create_table(state.set.table)
-        for step in planned:
-            reporter.step_started(step)
-            outcome = execute_step(driver, step)
-            result.steps.append(outcome)
-            reporter.step_finished(step, outcome)
+        _execute_all(driver, planned, result, reporter)
     return result
+
+
+def _prepare_all(driver: Driver, steps: Sequence[tuple[Step, MigrationState]]) -> list[Step]:
+    """Check every step for this database before the first one runs."""
+    planned = []
+    for step, state in steps:
+        prepared = prepare(step, driver.dialect, driver.transactional_ddl)
+        if step.direction == "down" and not prepared.statements:
+            raise RefusedError(
+                f"refusing to revert; nothing was changed: set {step.set_name!r}: the down "
+                f"section of {state.file} is empty, so reverting it would undo nothing. Write "
+                "the SQL that undoes it, or if there truly is nothing to undo, record that "
+                f"with `whimbrel migrations mark ... --set {step.set_name} --version "
+                f"{step.version} --not-applied`."
+            )
+        if state.status == "dirty":
+            prepared = _check_resume(prepared, state)
+        planned.append(prepared)
+    return planned
+
+
+def _execute_all(
+    driver: Driver, planned: Sequence[Step], result: RunResult, reporter: Reporter
+) -> None:
+    for step in planned:
+        reporter.step_started(step)
+        outcome = execute_step(driver, step)
+        result.steps.append(outcome)
+        reporter.step_finished(step, outcome)
 
 
 @contextmanager
@@ -694,31 +714,16 @@ def revert(
     with session(url, options, "revert") as driver, _maybe_locked(driver, options, reporter):
         states = read_states(driver, sets)
         check_safe(states, options, "revert")
-        planned: list[Step] = []
-        for state in reversed(states):
-            for step, row_state in _down_steps(
-                state, driver, options, steps, to_version, everything
-            ):
-                prepared = prepare(step, driver.dialect, driver.transactional_ddl)
-                if not prepared.statements:
-                    raise RefusedError(
-                        f"refusing to revert; nothing was changed: set {state.name!r}: "
-                        f"the down section of {row_state.file} is empty, so reverting it "
-                        "would undo nothing. Write the SQL that undoes it, or if there truly "
-                        "is nothing to undo, record that with `whimbrel migrations mark ... "
-                        f"--set {state.name} --version {row_state.version} --not-applied`."
-                    )
-                if row_state.status == "dirty":
-                    prepared = _check_resume(prepared, row_state)
-                planned.append(prepared)
+        steps_down = [
+            pair
+            for state in reversed(states)
+            for pair in _down_steps(state, driver, options, steps, to_version, everything)
+        ]
+        planned = _prepare_all(driver, steps_down)
         if options.dry_run:
             result.steps = [_planned(s) for s in planned]
             return result
-        for step in planned:
-            reporter.step_started(step)
-            outcome = execute_step(driver, step)
-            result.steps.append(outcome)
-            reporter.step_finished(step, outcome)
+        _execute_all(driver, planned, result, reporter)
     return result
 
 
