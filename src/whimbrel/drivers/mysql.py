@@ -16,7 +16,7 @@ import hashlib
 import math
 import re
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from whimbrel.drivers.base import (
@@ -156,7 +156,7 @@ class MySQLDriver(Driver):
         return "UTC_TIMESTAMP(6)"
 
     def to_datetime(self, value: object) -> datetime | None:
-        return value.replace(tzinfo=timezone.utc) if isinstance(value, datetime) else None
+        return value.replace(tzinfo=UTC) if isinstance(value, datetime) else None
 
     # -- lock ---------------------------------------------------------------------------
     def acquire_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:

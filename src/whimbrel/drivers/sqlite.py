@@ -12,7 +12,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import ClassVar
 
 from whimbrel.drivers.base import (
@@ -27,7 +27,6 @@ from whimbrel.errors import ConnectionFailed, DatabaseError, LockTimeout
 from whimbrel.urls import DatabaseURL
 
 LOCK_SUFFIX = ".whimbrel-lock"
-_SQLITE_INTERRUPT = 9  # sqlite3.SQLITE_INTERRUPT, named only from Python 3.11
 _NO_TRANSACTION = re.compile(r"(?:vacuum|pragma)\b", re.IGNORECASE)
 
 
@@ -92,7 +91,7 @@ class SQLiteDriver(Driver):
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
     # -- lock ---------------------------------------------------------------------------
     def acquire_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:
@@ -203,7 +202,7 @@ class SQLiteDriver(Driver):
         try:
             self.conn.execute(sql)
         except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_INTERRUPT:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT:
                 raise KeyboardInterrupt from None
             name = getattr(exc, "sqlite_errorname", None)
             raise StatementError(f"ERROR: {exc}", index=index, sqlstate=name) from None
