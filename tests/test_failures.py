@@ -748,3 +748,224 @@ def test_sqlite_lock_follows_symlinks(sqlite_db: Database, tmp_path: Path) -> No
     finally:
         holder.kill()
         holder.wait()
+
+
+# -- the lock outlives a killed client's last statement -------------------------------------
+def test_killed_revert_is_not_run_twice(postgres_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "bank",
+        {
+            "1_acct.up.sql": "CREATE TABLE acct (bal INT);\nINSERT INTO acct VALUES (1000);\n",
+            "1_acct.down.sql": "DROP TABLE acct;",
+            "2_bonus.up.sql": "UPDATE acct SET bal = bal + 100;",
+            "2_bonus.down.sql": "SELECT pg_sleep(3);\nUPDATE acct SET bal = bal - 100;\n",
+        },
+    )
+    url = postgres_db.url
+    assert run_cli("migrations", "apply", str(tree), "--url", url).returncode == 0
+    first = subprocess.Popen(
+        [*whimbrel_executable(), "migrations", "revert", str(tree), "--url", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3)%' "
+        "AND state = 'active' AND pid <> pg_backend_pid()"
+    )
+    deadline = time.monotonic() + 15
+    while postgres_db.query(query)[0][0] == 0:
+        assert time.monotonic() < deadline, "the revert never started"
+        time.sleep(0.05)
+    first.kill()  # the server goes on and commits what it was sent
+    first.wait()
+    second = run_cli("migrations", "revert", str(tree), "--url", url, "--set", "bank", "--to", "1")
+    assert second.returncode == 0, second.stderr
+    assert "waiting for the migration lock" in second.stderr
+    assert postgres_db.query("SELECT bal FROM acct") == [(1000,)]
+    assert [r[0] for r in postgres_db.tracking("bank")] == [1]
+
+
+@pytest.mark.parametrize("engine", ["mysql", "postgres"])
+def test_statements_outside_a_files_own_transaction_are_counted_exactly(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    db: Database = request.getfixturevalue(f"{engine}_db")
+    inserts = "".join(f"INSERT INTO filled VALUES ({n});\n" for n in range(1, 2001))
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_table.up.sql": "CREATE TABLE filled (n INT);",
+            "2_fill.up.sql": inserts + "BEGIN;\nSELECT 1;\nCOMMIT;\n",
+        },
+    )
+    proc = subprocess.Popen(
+        [*whimbrel_executable(), "migrations", "apply", str(tree), "--url", db.url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not ("filled" in db.tables() and db.query("SELECT count(*) FROM filled")[0][0] > 50):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    rows = db.query("SELECT count(*) FROM filled")[0][0]
+    assert db.query("SELECT statements_done FROM app WHERE version = 2") == [(rows,)]
+    resumed = run_cli("migrations", "apply", str(tree), "--url", db.url, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert db.query("SELECT count(*), count(DISTINCT n) FROM filled") == [(2000, 2000)]
+
+
+def test_autocommit_turned_off_anywhere_is_caught(mysql_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_ac.up.sql": "SET foreign_key_checks = 0, autocommit = 0;\n"
+            "CREATE TABLE acm_x (id INT);\nINSERT INTO acm_x VALUES (1);\n"
+        },
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "left a transaction open" in result.stderr
+
+
+def test_set_role_does_not_leak_or_block_tracking(postgres_db: Database, tmp_path: Path) -> None:
+    import uuid
+
+    import psycopg
+
+    role = f"whimbrel_app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_db.url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role}")
+        conn.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
+    try:
+        tree = write_tree(
+            tmp_path / "app",
+            {
+                "1_owned.up.sql": f"SET ROLE {role};\nCREATE TABLE app_owned (id INT);\n",
+                "2_admin.up.sql": "CREATE TABLE admin_owned (id INT);\n",
+                "3_stepwise.sql": f"-- migrate:up transaction:false\nSET ROLE {role};\n"
+                "CREATE TABLE app_owned_too (id INT);\n-- migrate:down\n",
+            },
+        )
+        result = run_cli("migrations", "apply", str(tree), "--url", postgres_db.url)
+        assert result.returncode == 0, result.stderr
+        owners = dict(
+            postgres_db.query(
+                "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'"
+            )
+        )
+        assert owners["app_owned"] == role and owners["app_owned_too"] == role
+        assert owners["admin_owned"] == "postgres"
+    finally:
+        with psycopg.connect(postgres_db.url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_dump_style_session_settings_do_not_leak(mysql_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_dump.up.sql": "/*!40014 SET FOREIGN_KEY_CHECKS=0 */;\nCREATE TABLE d (id INT);\n",
+            "2_check.up.sql": "CREATE TABLE fk AS SELECT @@foreign_key_checks AS v;\n",
+        },
+    )
+    assert run_cli("migrations", "apply", str(tree), "--url", mysql_db.url).returncode == 0
+    assert mysql_db.query("SELECT v FROM fk") == [(1,)]
+
+
+def test_lock_tables_is_refused_up_front(mysql_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_items.up.sql": "CREATE TABLE items (id INT);",
+            "2_fill.up.sql": "LOCK TABLES items WRITE;\nINSERT INTO items VALUES (1);\n"
+            "UNLOCK TABLES;\n",
+        },
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url)
+    assert result.returncode == 5
+    assert "2_fill.up.sql, line 1: LOCK TABLES would lock whimbrel out" in result.stderr
+    assert "items" not in mysql_db.tables()
+
+
+def test_procedure_that_commits_runs_without_a_transaction(
+    postgres_db: Database, tmp_path: Path
+) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_backfill.sql": """
+                -- migrate:up transaction:false
+                CREATE TABLE batches (n INT);
+                CREATE PROCEDURE backfill() LANGUAGE plpgsql AS $$
+                BEGIN
+                    FOR i IN 1..3 LOOP
+                        INSERT INTO batches VALUES (i);
+                        COMMIT;
+                    END LOOP;
+                END $$;
+                CALL backfill();
+                -- migrate:down
+                DROP TABLE batches;
+            """
+        },
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", postgres_db.url)
+    assert result.returncode == 0, result.stderr
+    assert postgres_db.query("SELECT count(*) FROM batches") == [(3,)]
+
+
+def test_busy_sqlite_database_is_a_clear_error(sqlite_db: Database, tmp_path: Path) -> None:
+    import sys
+
+    Path(sqlite_db.name).touch()
+    code = (
+        "import sqlite3, time\n"
+        f"c = sqlite3.connect({sqlite_db.name!r}, isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE')\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        tree = write_tree(tmp_path / "app", {"1_a.up.sql": "CREATE TABLE a (id INT);"})
+        result = run_cli(
+            "migrations", "apply", str(tree), "--url", sqlite_db.url, "--lock-timeout", "1"
+        )
+        assert result.returncode == 9, result.stderr
+        assert "database is locked" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_sigterm_cancels_like_ctrl_c(postgres_db: Database, tmp_path: Path) -> None:
+    import signal
+
+    tree = write_tree(
+        tmp_path / "app",
+        {"1_slow.up.sql": "CREATE TABLE s (id INT);\nSELECT pg_sleep(30);\n"},
+    )
+    proc = subprocess.Popen(
+        [*whimbrel_executable(), "migrations", "apply", str(tree), "--url", postgres_db.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
+        "AND state = 'active' AND pid <> pg_backend_pid()"
+    )
+    deadline = time.monotonic() + 15
+    while postgres_db.query(query)[0][0] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143, err
+    assert postgres_db.query(query)[0][0] == 0  # cancelled on the server, not left running
+    assert "s" not in postgres_db.tables()

@@ -95,3 +95,8 @@ def test_invalid_port_error_does_not_echo_the_url() -> None:
     with pytest.raises(UsageError) as info:
         parse_url("postgresql://postgres:pa/ssSECRET@127.0.0.1/db")
     assert "SECRET" not in str(info.value)
+
+
+def test_str_redacts_passwords_with_spaces() -> None:
+    url = parse_url("postgres://u:pa ss@h/db")
+    assert "pa ss" not in str(url)

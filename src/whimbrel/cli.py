@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -29,7 +30,7 @@ Exit codes:
   7   timed out waiting for the migration lock
   8   refused: unsafe state (dirty, drift, out of order, foreign table); nothing changed
   9   a database error outside any migration (e.g. no permission to create the tracking table)
-  130 interrupted
+  130 interrupted (Ctrl-C); 143 terminated (SIGTERM)
 """
 
 # Secrets of the URL in use, so that every message printed can be scrubbed of them.
@@ -333,8 +334,25 @@ def mark(
     click.echo(message)
 
 
+_signal_received: list[int] = []
+
+
+def _stop(signum: int, frame: object) -> None:
+    # SIGTERM (Kubernetes, systemd) takes the same path as Ctrl-C: the running statement is
+    # cancelled on the server and the transaction rolled back before whimbrel exits.
+    _signal_received.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> NoReturn:
+    click.echo("interrupted", err=True)
+    signum = _signal_received[0] if _signal_received else signal.SIGINT
+    sys.exit(128 + signum)
+
+
 def run() -> None:
     """Entry point: maps every failure to its documented exit code."""
+    signal.signal(signal.SIGTERM, _stop)
     try:
         main(standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # pragma: no cover - click >= 8.2
@@ -343,12 +361,8 @@ def run() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(ExitCode.USAGE)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _interrupted()
     except UsageError as exc:
         _fail(exc)
     except WhimbrelError as exc:

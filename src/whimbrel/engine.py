@@ -40,7 +40,6 @@ from whimbrel.errors import (
     MigrationFailed,
     RefusedError,
     UsageError,
-    WhimbrelError,
 )
 from whimbrel.plan import MigrationState, SetState, compare
 from whimbrel.urls import DatabaseURL, Dialect, redact
@@ -100,6 +99,7 @@ class Step:
     statements: tuple[Statement, ...] = ()
     atomic: bool = True
     own_transactions: bool = False  # the file says BEGIN/COMMIT itself: run it as written
+    control: frozenset[int] = frozenset()  # indexes of its transaction-control statements
     changes_session: bool = False  # SET, USE, PRAGMA...: reset the session afterwards
 
     @property
@@ -273,8 +273,24 @@ def check_safe(
 
 
 # -- preparing steps --------------------------------------------------------------------
-_CLIENT_COPY = re.compile(r"copy\b.*\b(?:from\s+stdin|to\s+stdout)\b", re.IGNORECASE | re.DOTALL)
-_SESSION_STATEMENT = re.compile(r"(?:set|reset|use|pragma|attach|detach)\b", re.IGNORECASE)
+# Statements whimbrel cannot run faithfully, refused before anything runs.
+_UNSUPPORTED: dict[str, tuple[re.Pattern[str], str]] = {
+    "postgres": (
+        re.compile(r"copy\b.*\b(?:from\s+stdin|to\s+stdout)\b", re.IGNORECASE | re.DOTALL),
+        "COPY ... FROM STDIN / TO STDOUT needs psql's client-side data handling; "
+        "use INSERT, or COPY from a file on the server",
+    ),
+    "mysql": (
+        re.compile(r"(?:/\*M?!\d*\s*)?lock\s+tables?\b", re.IGNORECASE),
+        "LOCK TABLES would lock whimbrel out of its own tracking table; remove LOCK and "
+        "UNLOCK TABLES (a migration already runs alone, under whimbrel's lock)",
+    ),
+}
+# Statements that may change the session for the migrations after them (mysqldump writes
+# them as executable comments: /*!40101 SET NAMES utf8 */).
+_SESSION_STATEMENT = re.compile(
+    r"(?:/\*M?!\d*\s*)?(?:set|reset|use|pragma|attach|detach|call)\b", re.IGNORECASE
+)
 
 
 def prepare(step: Step, dialect: Dialect, transactional_ddl: bool) -> Step:
@@ -293,15 +309,13 @@ def prepare(step: Step, dialect: Dialect, transactional_ddl: bool) -> Step:
             "has no SQL statements (only comments)", set_name=step.set_name, file=section.file
         )
     for statement in statements:
-        if dialect == "postgres" and _CLIENT_COPY.match(statement.text):
+        refusal = _UNSUPPORTED.get(dialect)
+        if refusal and refusal[0].match(statement.text):
             raise InvalidMigrationsError(
-                "COPY ... FROM STDIN / TO STDOUT needs psql's client-side data handling; "
-                "use INSERT, or COPY from a file on the server",
-                set_name=step.set_name,
-                file=section.file,
-                line=statement.line,
+                refusal[1], set_name=step.set_name, file=section.file, line=statement.line
             )
-    own_transactions = any(is_transaction_control(s, dialect) for s in statements)
+    control = frozenset(i for i, s in enumerate(statements) if is_transaction_control(s, dialect))
+    own_transactions = bool(control)
     atomic = transactional_ddl and section.transaction and not own_transactions
     changes_session = any(
         _SESSION_STATEMENT.match(s.text) or "set_config" in s.text.lower() for s in statements
@@ -311,6 +325,7 @@ def prepare(step: Step, dialect: Dialect, transactional_ddl: bool) -> Step:
         statements=tuple(statements),
         atomic=atomic,
         own_transactions=own_transactions,
+        control=control,
         changes_session=changes_session,
     )
 
@@ -381,10 +396,10 @@ def _failure(
     message = f"{verb} failed: {where}:\n{_indent(exc.message)}"
     if statement_text is not None:
         message += "\n  statement:\n" + _indent(_clip(statement_text), "    ")
-    if exc.sqlstate == "25001":
+    if exc.sqlstate in ("25001", "2D000"):
         message += (
-            "\n  hint: this statement cannot run inside a transaction; mark the section "
-            "with `transaction:false`"
+            "\n  hint: this statement cannot run inside a transaction (or commits itself); "
+            "mark the section with `transaction:false`"
         )
     message += "\n" + after
     return MigrationFailed(
@@ -427,19 +442,20 @@ def execute_step(driver: Driver, step: Step) -> StepOutcome:
     try:
         if step.atomic:
             _run_atomic(driver, step)
+            driver.after_migration(step.changes_session)
         else:
-            _run_stepwise(driver, step)
+            _run_stepwise(driver, step)  # resets the session before its final write
     except ConnectionFailed as exc:
         raise ConnectionFailed(f"{exc.message}\n{_while(step)}") from None
     except DatabaseError as exc:
+        _reset_quietly(driver, step)
         raise DatabaseError(
             f"recording {step.file} in the tracking table {step.table!r}: {exc.message}\n"
             + _while(step)
         ) from None
-    finally:
-        if step.changes_session:
-            with contextlib.suppress(WhimbrelError):
-                driver.reset_session()
+    except BaseException:
+        _reset_quietly(driver, step)
+        raise
     duration_ms = (time.perf_counter() - started) * 1000
     return StepOutcome(
         set_name=step.set_name,
@@ -455,12 +471,20 @@ def execute_step(driver: Driver, step: Step) -> StepOutcome:
     )
 
 
+def _reset_quietly(driver: Driver, step: Step) -> None:
+    # After a failure, leave the session as clean as we can; the real error matters more.
+    with contextlib.suppress(Exception):
+        driver.after_migration(step.changes_session)
+
+
 def _while(step: Step) -> str:
     outcome = (
-        "it ran in a transaction, so nothing of it was recorded"
+        "it ran in a transaction, which the database rolls back unless the connection "
+        "broke during COMMIT"
         if step.atomic
-        else "it may be dirty; `whimbrel migrations inspect` shows how far it got"
+        else "it may be dirty"
     )
+    outcome += "; `whimbrel migrations inspect` shows where it stands"
     return f"while running {step.file} of set {step.set_name!r}: {outcome}"
 
 
@@ -502,16 +526,19 @@ def _run_stepwise(driver: Driver, step: Step) -> None:
         statement = statements[index]
         _feed(done_hash, statement)
         progress = Progress(step.table, step.version, index + 1, done_hash.hexdigest())
-        # A file with its own BEGIN/COMMIT runs as written; otherwise each statement and
-        # its progress commit together wherever the statement allows a transaction.
-        wrap = not step.own_transactions and driver.can_wrap(statement.text)
+        # Each statement commits together with its progress, unless it is transaction
+        # control, runs inside a transaction the file opened, or refuses transactions.
+        wrap = (
+            index not in step.control
+            and driver.can_wrap(statement.text)
+            and not (step.own_transactions and driver.in_transaction())
+        )
         try:
             driver.run_tracked(statement.text, progress, wrap=wrap)
         except StatementError as exc:
             exc.index = index
             raise _stepwise_failure(driver, step, exc) from None
-    # Only a file that says BEGIN/COMMIT itself can leave a transaction open.
-    if step.own_transactions and driver.in_transaction():
+    if driver.in_transaction():
         raise _stepwise_failure(
             driver,
             step,
@@ -520,6 +547,8 @@ def _run_stepwise(driver: Driver, step: Step) -> None:
                 "autocommit turned off); whimbrel rolled it back"
             ),
         )
+    # Our final write runs as ourselves, outside whatever SET ROLE the migration made.
+    driver.after_migration(step.changes_session)
     duration_ms = (time.perf_counter() - started) * 1000
     if step.direction == "up":
         assert step.migration is not None
@@ -542,6 +571,7 @@ def _feed(digest: hashlib._Hash, statement: Statement) -> None:
 def _stepwise_failure(driver: Driver, step: Step, exc: StatementError) -> MigrationFailed:
     """Record a failed non-atomic step as dirty, saying truly how far it got."""
     driver.rollback()  # a transaction the file opened; its progress updates go with it
+    driver.after_migration(step.changes_session)
     rows = driver.fetch(
         f"SELECT statements_done FROM {driver.qualified(step.table)} "
         f"WHERE version = {driver.placeholder}",

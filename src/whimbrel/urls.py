@@ -38,7 +38,7 @@ class DatabaseURL:
     path: str | None = None  # SQLite file
 
     def __str__(self) -> str:
-        return redact(self.raw)
+        return redact(self.raw, self.secrets())
 
     @property
     def display_name(self) -> str:

@@ -343,3 +343,8 @@ class Driver(ABC):
     @abstractmethod
     def reset_session(self) -> None:
         """Undo session settings a migration made (SET, USE, PRAGMA) before the next one."""
+
+    def after_migration(self, changed_session: bool) -> None:
+        """Called after every migration; `changed_session` says it has SET, USE, PRAGMA..."""
+        if changed_session:
+            self.reset_session()

@@ -5,8 +5,11 @@ migration as `applying` first and advances its statement counter after every sta
 Each statement is sent as `BEGIN; <statement>; <progress>; COMMIT` in one round trip, so
 DML and its progress commit together.
 
-`GET_LOCK` is held on a connection of its own, so that a migration's `RELEASE_ALL_LOCKS()`
-cannot free it and the migration connection can be replaced between migrations.
+Two `GET_LOCK` locks guard a run. The run lock is held on a connection of its own, so that
+a migration's `RELEASE_ALL_LOCKS()` cannot free it and the migration connection can be
+replaced between migrations. The work lock is held by the migration connection itself: if
+whimbrel dies, the server finishes the statement it was sent before that lock frees, and the
+next run waits for it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import hashlib
 import math
 import re
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar
@@ -73,10 +77,9 @@ class MySQLDriver(Driver):
             self._connect_kwargs["ssl"] = ssl
         self.conn = self._connect()
         self.lock_conn: Connection | None = None
-        name = f"whimbrel:{url.database}"
-        if len(name) > _MAX_LOCK_NAME:
-            name = "whimbrel:" + hashlib.sha256(url.database.encode()).hexdigest()[:40]
-        self.lock_name = name
+        self.lock_name = _lock_name("whimbrel", url.database)
+        self.work_lock_name = _lock_name("whimbrel-work", url.database)
+        self._lock_timeout = 60.0
 
     def _connect(self) -> Connection:
         import pymysql
@@ -160,26 +163,34 @@ class MySQLDriver(Driver):
 
     # -- lock ---------------------------------------------------------------------------
     def acquire_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:
+        self._lock_timeout = timeout
+        deadline = time.monotonic() + timeout
+        self.lock_conn = self._connect()
+        self._lock(self.lock_conn, self.lock_name, timeout, on_wait)
+        # Free unless a killed run's last statement is still executing on the server.
+        remaining = max(0.001, deadline - time.monotonic())
+        self._lock(self.conn, self.work_lock_name, remaining, on_wait)
+
+    def _lock(self, conn: Connection, name: str, timeout: float, on_wait: LockWaitCallback) -> None:
         import pymysql
 
-        self.lock_conn = lock = self._connect()
         try:
-            if self._run("SELECT GET_LOCK(%s, 0)", (self.lock_name,), lock)[0][0] == 1:
+            if self._run("SELECT GET_LOCK(%s, 0)", (name,), conn)[0][0] == 1:
                 return
-            holder = self.lock_holder()
+            holder = self.lock_holder(name)
             on_wait(holder)
             wait = max(1, math.ceil(timeout))
-            got = self._run("SELECT GET_LOCK(%s, %s)", (self.lock_name, wait), lock)[0][0]
+            got = self._run("SELECT GET_LOCK(%s, %s)", (name, wait), conn)[0][0]
         except pymysql.MySQLError as exc:
             raise DatabaseError(f"waiting for the migration lock: {self._describe(exc)}") from None
         if got != 1:
             raise LockTimeout(
                 f"gave up after {timeout:g} s waiting for the migration lock on {self.url}"
-                + (f", held by {self.lock_holder() or holder}" if holder else "")
+                + (f", held by {self.lock_holder(name) or holder}" if holder else "")
             )
 
-    def lock_holder(self) -> str | None:
-        owner = self.fetch("SELECT IS_USED_LOCK(%s)", (self.lock_name,))[0][0]
+    def lock_holder(self, name: str | None = None) -> str | None:
+        owner = self.fetch("SELECT IS_USED_LOCK(%s)", (name or self.lock_name,))[0][0]
         if owner is None:
             return None
         rows = self.fetch(
@@ -191,6 +202,8 @@ class MySQLDriver(Driver):
         return f"connection {owner} ({user}@{host}, connected for {seconds} s)"
 
     def release_lock(self) -> None:
+        with contextlib.suppress(Exception):
+            self._run("SELECT RELEASE_LOCK(%s)", (self.work_lock_name,))
         if self.lock_conn is not None:
             with contextlib.suppress(Exception):
                 self.lock_conn.close()  # GET_LOCK locks end with their session
@@ -237,8 +250,6 @@ class MySQLDriver(Driver):
         self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
     ) -> None:
         # Only DML is atomic on MySQL; the engine sends DDL through run_tracked instead.
-        import time
-
         assert statements is not None
         started = time.perf_counter()
         self.execute("BEGIN")
@@ -258,6 +269,7 @@ class MySQLDriver(Driver):
             super().run_tracked(sql, progress, wrap=False)
             return
         table, version, done, done_sha = progress
+        sql = sql.rstrip().rstrip(";")  # "stmt;\n;" would be an empty statement, an error here
         update = self._run_sql_params(
             f"UPDATE {self.qualified(table)} SET statements_done = %s, statements_sha256 = %s "
             "WHERE version = %s",
@@ -293,21 +305,13 @@ class MySQLDriver(Driver):
             ) from None
 
     def in_transaction(self) -> bool:
-        autocommit, in_transaction = self._session_state()
-        return not autocommit or in_transaction
+        # Every OK packet carries the session's status: no round trip needed. With
+        # autocommit off, every statement opens a transaction, so count that as open.
+        from pymysql.constants import SERVER_STATUS
 
-    def _session_state(self) -> tuple[bool, bool]:
-        import pymysql
-
-        try:  # MariaDB
-            autocommit, in_transaction = self._run("SELECT @@autocommit, @@in_transaction", ())[0]
-        except pymysql.MySQLError:  # MySQL: ask InnoDB
-            autocommit = self.fetch("SELECT @@autocommit")[0][0]
-            in_transaction = self.fetch(
-                "SELECT COUNT(*) FROM information_schema.INNODB_TRX "
-                "WHERE trx_mysql_thread_id = CONNECTION_ID()"
-            )[0][0]
-        return bool(autocommit), bool(in_transaction)
+        status = int(self.conn.server_status)  # type: ignore[attr-defined]
+        in_transaction = bool(status & SERVER_STATUS.SERVER_STATUS_IN_TRANS)
+        return in_transaction or not status & SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
 
     def rollback(self) -> None:
         self.execute("ROLLBACK")
@@ -317,6 +321,16 @@ class MySQLDriver(Driver):
         with contextlib.suppress(Exception):
             self.conn.close()
         self.conn = self._connect()
+        if self.lock_conn is not None:  # we hold the run lock, so this is free at once
+            self._lock(self.conn, self.work_lock_name, self._lock_timeout, lambda _: None)
+
+
+def _lock_name(prefix: str, database: str) -> str:
+    # GET_LOCK names are server-wide and at most 64 characters.
+    name = f"{prefix}:{database}"
+    if len(name) > _MAX_LOCK_NAME:
+        name = f"{prefix}:" + hashlib.sha256(database.encode()).hexdigest()[:40]
+    return name
 
 
 def _offset_of_line(text: str, line: int) -> int | None:

@@ -4,14 +4,18 @@ A transactional migration travels in one round trip: `BEGIN; <file>; <tracking r
 as one simple-protocol query. The server returns one result per statement, so the count of
 results before the error says which statement failed, and the error position says where.
 
-The advisory lock lives on a connection of its own, so nothing a migration does to its
-session (`pg_advisory_unlock_all()`, `DISCARD ALL`) can release it.
+Two advisory locks guard a run. The run lock lives on a connection of its own, so nothing
+a migration does to its session can release it. The work lock is held by the session that
+runs the migrations: if whimbrel dies, the server goes on executing what it was sent, and the
+next run waits for that, not just for the run lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
@@ -35,12 +39,15 @@ if TYPE_CHECKING:
 
 # One advisory lock per database for every whimbrel run, whatever the sets.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"whimbrel migrations").digest()[:8], "big", signed=True)
+WORK_KEY = int.from_bytes(hashlib.sha256(b"whimbrel work").digest()[:8], "big", signed=True)
 
 # Statements PostgreSQL refuses inside a transaction block.
 _NO_TRANSACTION = re.compile(
     r"(?:(?:create|drop)\s+(?:unique\s+)?index\s+concurrently"
     r"|reindex\b.*\bconcurrently|vacuum|(?:create|drop)\s+(?:database|tablespace)"
-    r"|alter\s+system|alter\s+database\b.*\bset\s+tablespace)\b",
+    r"|alter\s+system|alter\s+database\b.*\bset\s+tablespace"
+    # A procedure or DO block may COMMIT itself, which it cannot do in our transaction.
+    r"|call|do)\b",
     re.IGNORECASE | re.DOTALL,
 )
 
@@ -136,26 +143,41 @@ class PostgresDriver(Driver):
 
     # -- lock ---------------------------------------------------------------------------
     def acquire_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:
+        deadline = time.monotonic() + timeout
+        self.lock_conn = self._connect()
+        self._lock(self.lock_conn, LOCK_KEY, timeout, on_wait)
+        # Free unless a killed run's last statement is still executing on the server.
+        self._lock(self.conn, WORK_KEY, max(0.001, deadline - time.monotonic()), on_wait)
+
+    def _lock(
+        self,
+        conn: psycopg.Connection[tuple[object, ...]],
+        key: int,
+        timeout: float,
+        on_wait: LockWaitCallback,
+    ) -> None:
         import psycopg
 
-        self.lock_conn = lock = self._connect()
-        if self._query("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,), lock)[0][0]:
+        if self._query("SELECT pg_try_advisory_lock(%s)", (key,), conn)[0][0]:
             return
-        holder = self.lock_holder()
+        holder = self.lock_holder(key)
         on_wait(holder)
         try:
-            lock.execute(f"SET lock_timeout = {max(1, int(timeout * 1000))}".encode())
-            lock.execute(b"SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+            conn.execute(f"SET lock_timeout = {max(1, int(timeout * 1000))}".encode())
+            conn.execute(b"SELECT pg_advisory_lock(%s)", (key,))
         except psycopg.errors.LockNotAvailable:
             raise LockTimeout(
                 f"gave up after {timeout:g} s waiting for the migration lock on {self.url}"
-                + (f", held by {self.lock_holder() or holder}" if holder else "")
+                + (f", held by {self.lock_holder(key) or holder}" if holder else "")
             ) from None
         except psycopg.Error as exc:
             raise DatabaseError(f"waiting for the migration lock: {self._text(exc)}") from None
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(b"RESET lock_timeout")
 
-    def lock_holder(self) -> str | None:
-        unsigned = LOCK_KEY & 0xFFFFFFFFFFFFFFFF
+    def lock_holder(self, key: int = LOCK_KEY) -> str | None:
+        unsigned = key & 0xFFFFFFFFFFFFFFFF
         rows = self.fetch(
             "SELECT a.pid, a.application_name, a.usename, a.client_addr, a.backend_start "
             "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
@@ -174,6 +196,8 @@ class PostgresDriver(Driver):
 
     def release_lock(self) -> None:
         if self.lock_conn is not None:
+            with contextlib.suppress(Exception):
+                self.execute("SELECT pg_advisory_unlock_all()")
             self.lock_conn.close()  # the session's advisory locks go with it
             self.lock_conn = None
 
@@ -271,9 +295,14 @@ class PostgresDriver(Driver):
         self.update_progress(*progress)
 
     def _run_wrapped(self, sql: str, tail: str) -> None:
-        """`BEGIN; sql; tail COMMIT` in one round trip; the statement count names a failure."""
+        """`BEGIN; sql; tail COMMIT` in one round trip; the statement count names a failure.
+
+        The tail (our tracking writes) runs as the connecting user, whatever role the
+        migration switched to; SET LOCAL ends with the transaction.
+        """
         prefix = "BEGIN;\n"
-        results = self._send(prefix + sql + "\n;\n" + tail + "COMMIT")
+        as_ourselves = "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
+        results = self._send(prefix + sql + "\n;\n" + as_ourselves + tail + "COMMIT")
         error = self._first_error(results)
         if error is None:
             return
@@ -316,8 +345,13 @@ class PostgresDriver(Driver):
             self.execute("ROLLBACK")
 
     def reset_session(self) -> None:
-        # Back to the connection's own settings (including ?options=... from the URL).
-        self.execute("RESET ALL")
+        # Back to the connection's own user and settings (including ?options= of the URL);
+        # RESET ALL alone leaves a SET ROLE in force.
+        self.execute("RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL")
+
+    def after_migration(self, changed_session: bool) -> None:
+        # Cheap enough to do always: catches SETs hidden in DO blocks and functions.
+        self.reset_session()
 
     def _send(self, query: str) -> list[PGresult]:
         import psycopg

@@ -168,13 +168,13 @@ class SQLiteDriver(Driver):
     ) -> None:
         assert statements is not None
         started = time.perf_counter()
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.execute("BEGIN IMMEDIATE")  # a busy database is a DatabaseError, not a traceback
         try:
             for index, statement in enumerate(statements):
                 self._statement(statement, index)
             for write in with_duration(writes, time.perf_counter() - started):
                 self.write(write)
-            self.conn.execute("COMMIT")
+            self.execute("COMMIT")
         except BaseException:
             self.rollback()
             raise
