@@ -330,6 +330,30 @@ CALL insert_data(1, 2);
     def test_hash_is_not_a_comment(self) -> None:
         assert texts("SELECT 1 # 2; SELECT 3", "postgres") == ["SELECT 1 # 2", "SELECT 3"]
 
+    @pytest.mark.parametrize(
+        "body",
+        [
+            "SELECT begin FROM events ORDER BY begin",
+            "SELECT begin atomic FROM events",  # column "begin", alias "atomic"
+            "SELECT e.begin, (begin atomic) FROM events e",
+        ],
+    )
+    def test_column_named_begin_in_a_begin_atomic_body(self, body: str) -> None:
+        routine = f"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC {body}; SELECT 1; END"
+        assert texts(f"{routine}; SELECT 2", "postgres") == [routine, "SELECT 2"]
+
+    @pytest.mark.parametrize(
+        "head",
+        [
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = public",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql /* body: */",
+            "CREATE PROCEDURE p(begin int) LANGUAGE sql -- body:\n",
+        ],
+    )
+    def test_begin_atomic_after_any_head(self, head: str) -> None:
+        routine = f"{head} BEGIN ATOMIC SELECT 1; END"
+        assert texts(f"{routine}; SELECT 2", "postgres") == [routine, "SELECT 2"]
+
 
 # ---------------------------------------------------------------------------
 # MySQL / MariaDB
@@ -364,6 +388,78 @@ BEGIN
     SELECT CASE WHEN v_count > 0 THEN 'pos' ELSE 'neg' END AS sign;
   END blk;
 END"""
+
+
+# Statements inside a procedure body.  Those with "BEGIN SELECT 1; END" must
+# open a block there (else its END closes the body, and the routine splits);
+# in the others, "begin" is an identifier (else the rest of the file is
+# swallowed into the routine).
+MYSQL_BEGIN_OPENS = {
+    "after ;": "SELECT 0; BEGIN SELECT 1; END;",
+    "after BEGIN": "BEGIN BEGIN SELECT 1; END; END;",
+    "after BEGIN NOT ATOMIC": "BEGIN NOT ATOMIC BEGIN SELECT 1; END; END;",
+    "after THEN": "IF a THEN BEGIN SELECT 1; END; END IF;",
+    "after ELSEIF ... THEN": "IF a THEN SELECT 0; ELSEIF b THEN BEGIN SELECT 1; END; END IF;",
+    "after ELSE": "IF a THEN SELECT 0; ELSE BEGIN SELECT 1; END; END IF;",
+    "after DO": "WHILE a DO BEGIN SELECT 1; END; END WHILE;",
+    "after LOOP": "l: LOOP BEGIN SELECT 1; END; LEAVE l; END LOOP l;",
+    "after REPEAT": "REPEAT BEGIN SELECT 1; END; UNTIL a END REPEAT;",
+    "after a label": "lbl: BEGIN SELECT 1; END lbl;",
+    "after a label and space": "lbl : BEGIN SELECT 1; END lbl;",
+    "after a quoted label": "`my lbl`: BEGIN SELECT 1; END `my lbl`;",
+    "after CASE statement THEN": "CASE x WHEN 1 THEN BEGIN SELECT 1; END; END CASE;",
+    "after CASE statement ELSE": "CASE WHEN x THEN SELECT 0; ELSE BEGIN SELECT 1; END; END CASE;",
+    "in a CASE statement after ;": "CASE x WHEN 1 THEN SELECT 0; BEGIN SELECT 1; END; END CASE;",
+    "after comments": "IF a THEN -- then; begin\n /* ; END */ BEGIN SELECT 1; END; END IF;",
+    "after a comment after ;": "SELECT 0; # c\n BEGIN SELECT 1; END;",
+    "lower case": "if a then begin select 1; end; end if;",
+    "after a handler": "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN SELECT 1; END;",
+    "after a handler, quoted": (
+        "DECLARE CONTINUE HANDLER FOR SQLSTATE '23000', 1062, NOT FOUND, `cond`, x "
+        "BEGIN SELECT 1; END;"
+    ),
+    "after a handler, comments": (
+        '-- on error:\n DECLARE UNDO HANDLER FOR SQLSTATE VALUE "45000" /* c */ '
+        "BEGIN SELECT 1; END;"
+    ),
+}
+MYSQL_BEGIN_IS_A_NAME = {
+    "after SELECT": "SELECT begin FROM t;",
+    "after ORDER BY": "SELECT a FROM t ORDER BY begin;",
+    "after a comma": "SELECT a, begin FROM t;",
+    "after a dot": "SELECT t.begin FROM t;",
+    "after @": "SET @begin = 1;",
+    "after =": "SET x = begin;",
+    "after :=": "SET @a := begin;",
+    "after <": "DELETE FROM t WHERE a < begin;",
+    "before an operator": "DELETE FROM t WHERE begin < NOW();",
+    "after AS": "SELECT x AS begin FROM t;",
+    "after IF": "IF begin THEN SELECT 0; END IF;",
+    "after WHILE": "WHILE begin DO SELECT 0; END WHILE;",
+    "after UNTIL": "REPEAT SELECT 0; UNTIL begin END REPEAT;",
+    "after CASE": "CASE begin WHEN 1 THEN SELECT 0; END CASE;",
+    "after CASE expression THEN/ELSE": "SELECT CASE WHEN a THEN begin ELSE begin END FROM t;",
+    "in a CASE expression in IF": "IF CASE WHEN a THEN begin END THEN SELECT 0; END IF;",
+    "after a handler's statement": "DECLARE CONTINUE HANDLER FOR NOT FOUND SET done = begin;",
+    "in parentheses": "INSERT INTO t (begin) SELECT MAX(begin) FROM u;",
+    "after a comment": "SELECT a, -- then\n begin FROM t;",
+    "quoted": "SELECT `begin`, 'BEGIN', \"begin\" FROM t;",
+    "XA BEGIN": "XA BEGIN 'x';",
+}
+MYSQL_NESTINGS = {
+    "in the body": "{}",
+    "in a block": "lbl: BEGIN {} SELECT 0; END lbl;",
+    "in IF": "IF x THEN {} END IF;",
+    "in CASE in WHILE": "WHILE y DO CASE z WHEN 1 THEN {} END CASE; END WHILE;",
+}
+
+MYSQL_BEGIN_CASES = [
+    pytest.param(statement, nesting, id=f"{name}, {where}")
+    for name, statement in {**MYSQL_BEGIN_OPENS, **MYSQL_BEGIN_IS_A_NAME}.items()
+    for where, nesting in MYSQL_NESTINGS.items()
+    # handlers are declared at the start of a block only
+    if "HANDLER" not in statement or nesting.startswith(("{}", "lbl"))
+]
 
 
 class TestMysql:
@@ -655,6 +751,68 @@ COMMIT;
     def test_brackets_are_ordinary(self) -> None:
         assert texts("SELECT [a; SELECT b]", "mysql") == ["SELECT [a", "SELECT b]"]
 
+    def test_column_named_begin_in_a_routine_without_delimiter(self) -> None:
+        sql = """\
+CREATE TABLE events (id INT, begin DATETIME);
+CREATE TABLE audit (n INT);
+CREATE OR REPLACE PROCEDURE first_event() BEGIN
+  SELECT begin FROM events ORDER BY begin LIMIT 1;
+END;
+INSERT INTO audit VALUES (1);
+INSERT INTO audit_typo VALUES (2);
+"""
+        statements = split(sql, "mysql")
+        assert [s.text for s in statements] == [
+            "CREATE TABLE events (id INT, begin DATETIME)",
+            "CREATE TABLE audit (n INT)",
+            "CREATE OR REPLACE PROCEDURE first_event() BEGIN\n"
+            "  SELECT begin FROM events ORDER BY begin LIMIT 1;\nEND",
+            "INSERT INTO audit VALUES (1)",
+            "INSERT INTO audit_typo VALUES (2)",
+        ]
+        assert [s.line for s in statements] == [1, 2, 3, 6, 7]
+
+    @pytest.mark.parametrize(("statement", "nesting"), MYSQL_BEGIN_CASES)
+    def test_begin_opens_a_block_only_where_a_statement_can_start(
+        self, statement: str, nesting: str
+    ) -> None:
+        routine = f"CREATE PROCEDURE p() BEGIN {nesting.format(statement)} END"
+        sql = f"{routine};\nINSERT INTO t VALUES (1);\nSELECT 2"
+        assert texts(sql, "mysql") == [routine, "INSERT INTO t VALUES (1)", "SELECT 2"]
+
+    @pytest.mark.parametrize(
+        "routine",
+        [
+            # BEGIN opens the body
+            "CREATE EVENT e ON SCHEDULE EVERY 1 DAY DO BEGIN DELETE FROM t; SELECT 1; END",
+            "CREATE TRIGGER t BEFORE INSERT ON u FOR EACH ROW FOLLOWS o BEGIN SET x = 1; END",
+            "CREATE PROCEDURE p() COMMENT 'p; begin' BEGIN SELECT 1; END",
+            "CREATE PROCEDURE p() SQL SECURITY INVOKER -- body:\n BEGIN SELECT 1; END",
+            "CREATE FUNCTION f() RETURNS DECIMAL(10, 2) DETERMINISTIC BEGIN RETURN 1; END",
+            "CREATE PROCEDURE p() lbl: BEGIN SELECT 1; END lbl",
+            "CREATE PROCEDURE p(x INT) CASE x WHEN 1 THEN BEGIN SELECT 1; END; END CASE",
+            "BEGIN NOT ATOMIC SELECT begin FROM t; BEGIN SELECT 1; END; END",
+            # "begin" is a name
+            "CREATE EVENT e ON SCHEDULE EVERY 1 DAY DO DELETE FROM t WHERE begin < NOW()",
+            "CREATE FUNCTION f(begin INT) RETURNS INT RETURN begin + 1",
+            "CREATE FUNCTION f(begin INT) RETURNS INT RETURN CASE WHEN begin THEN begin END",
+            "CREATE TRIGGER t BEFORE INSERT ON u FOR EACH ROW SET NEW.x = begin",
+            "CREATE TRIGGER t AFTER INSERT ON u FOR EACH ROW INSERT INTO v SELECT begin FROM w",
+        ],
+    )
+    def test_begin_at_the_routine_body_level(self, routine: str) -> None:
+        assert texts(f"{routine};\nSELECT 2;", "mysql") == [routine, "SELECT 2"]
+
+    def test_column_named_begin_with_delimiter(self) -> None:
+        sql = (
+            "DELIMITER //\nCREATE PROCEDURE p() BEGIN SELECT begin FROM t; "
+            "IF a THEN BEGIN END; END IF; END//\nDELIMITER ;\nSELECT 2;"
+        )
+        assert texts(sql, "mysql") == [
+            "CREATE PROCEDURE p() BEGIN SELECT begin FROM t; IF a THEN BEGIN END; END IF; END",
+            "SELECT 2",
+        ]
+
 
 # ---------------------------------------------------------------------------
 # SQLite
@@ -712,6 +870,16 @@ INSERT INTO t (status) VALUES ('x');
         assert len(statements) == 2
         assert statements[0].endswith("select 1; end")
         assert statements[1] == "select 2"
+
+    def test_trigger_with_begin_columns(self) -> None:
+        sql = (
+            "CREATE TRIGGER tr AFTER INSERT ON events BEGIN "
+            "SELECT begin FROM events ORDER BY begin; UPDATE t SET begin = new.begin; END;\n"
+            "SELECT 2;"
+        )
+        statements = texts(sql, "sqlite")
+        assert statements == [sql[: sql.index(";\n")], "SELECT 2"]
+        assert all(sqlite3.complete_statement(s + ";") for s in statements)
 
     def test_explain_query_plan_trigger(self) -> None:
         sql = "EXPLAIN QUERY PLAN CREATE TRIGGER x AFTER INSERT ON t BEGIN SELECT 1; END; SELECT 2"
@@ -1024,6 +1192,82 @@ def test_joined_statements_round_trip(dialect: Dialect, data: st.DataObject) -> 
     for s, text in zip(result, statements, strict=True):
         assert s.line == line
         line += text.count("\n") + 1
+
+
+# MySQL routine bodies built from compound statements, whose simple statements
+# use "begin" and "end" as names; separators may hold comments.
+ROUTINE_SEPARATORS = st.sampled_from([" ", "\n  ", " -- then; begin\n ", " /* ; END */ ", "\t"])
+ROUTINE_SIMPLE = st.sampled_from(
+    [
+        "SELECT begin FROM t ORDER BY begin",
+        "SET x = begin",
+        "UPDATE t SET begin = end WHERE t.begin > 0 AND `end` < @begin",
+        "SELECT CASE WHEN begin THEN begin ELSE 0 END, MAX(end) FROM t",
+        "DELETE FROM t WHERE begin < NOW()",
+        "SELECT 'BEGIN', \"end;\" FROM t",
+        "SET @a := begin",
+        "LEAVE lbl",
+    ]
+)
+
+
+def _routine_statements(item: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Zero to three statements, each with a separator before it and a ';' after."""
+    pair = st.tuples(ROUTINE_SEPARATORS, item).map("".join)
+    return st.lists(pair, max_size=3).map(lambda xs: "".join(f"{x};" for x in xs))
+
+
+def _compound(item: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    body = _routine_statements(item)
+    templates = [
+        "BEGIN{} END",
+        "lbl: BEGIN{} END lbl",
+        "IF begin > 0 THEN{} ELSEIF b THEN{} ELSE{} END IF",
+        "WHILE begin DO{} END WHILE",
+        "lbl: LOOP{} END LOOP lbl",
+        "REPEAT{} UNTIL begin END REPEAT",
+        "CASE begin WHEN 1 THEN{} ELSE{} END CASE",
+    ]
+    handler = st.tuples(ROUTINE_SEPARATORS, item, body).map(
+        lambda t: (
+            f"BEGIN DECLARE EXIT HANDLER FOR SQLSTATE '23000', NOT FOUND{t[0]}{t[1]};{t[2]} END"
+        )
+    )
+    return st.one_of(
+        handler,
+        *[
+            st.tuples(*[body] * template.count("{}")).map(lambda xs, t=template: t.format(*xs))
+            for template in templates
+        ],
+    )
+
+
+routine_body = _routine_statements(st.recursive(ROUTINE_SIMPLE, _compound, max_leaves=8))
+
+
+@STRUCTURED
+@given(
+    body=routine_body,
+    head=st.sampled_from(
+        [
+            "CREATE PROCEDURE p() BEGIN",
+            "BEGIN NOT ATOMIC",
+            "CREATE EVENT e ON SCHEDULE EVERY 1 HOUR DO lbl: BEGIN",
+        ]
+    ),
+    lower=st.booleans(),
+)
+def test_mysql_routine_with_begin_and_end_names(body: str, head: str, lower: bool) -> None:
+    routine = f"{head}{body} END"
+    if lower:
+        routine = routine.lower()
+    sql = f"SELECT 1;\n{routine};\nINSERT INTO t (begin, end) VALUES (1, 2);\nSELECT 2"
+    assert texts(sql, "mysql") == [
+        "SELECT 1",
+        routine,
+        "INSERT INTO t (begin, end) VALUES (1, 2)",
+        "SELECT 2",
+    ]
 
 
 SQLITE_FRAGMENTS = [

@@ -19,6 +19,11 @@ whole:
   ``END`` which directly follows ``;`` ends the statement.  (SQLite accepts
   ``begin``/``end`` as column names, so counting them would be wrong.)
 
+In PostgreSQL and MySQL bodies, ``BEGIN`` and ``END`` count only where a
+statement can start (after ``;``, ``BEGIN``, ``THEN``, a label, ...: see
+``_MY_BLOCK_KEYWORDS``), so that columns named ``begin`` or ``end`` are
+harmless there too.
+
 Performance: the scan never loops over characters in Python.  Compiled regular
 expressions, whose top-level alternatives all start with a literal character so
 that the regex engine can skip uninteresting text at C speed, jump from one
@@ -124,7 +129,13 @@ _MY_LINE_COMMENT = r"(?:--(?=[\x00-\x20\x7f]|\Z)|\#)[^\n]*(?![^\n])"
 
 # Whitespace and comments only (used with fullmatch between a ';' and an END).
 _PG_BLANK = re.compile(rf"\s*(?:(?:{_PG_LINE_COMMENT}|{_c_comment()})\s*){{0,64}}")
-_MY_BLANK = re.compile(rf"\s*(?:(?:{_MY_LINE_COMMENT}|{_my_c_comment()})\s*){{0,64}}")
+
+
+def _my_blank() -> str:
+    return rf"\s*(?:(?:{_MY_LINE_COMMENT}|{_my_c_comment()})\s*){{0,64}}"
+
+
+_MY_BLANK = re.compile(_my_blank())
 _LITE_BLANK = re.compile(rf"\s*(?:(?:{_LITE_LINE_COMMENT}|{_c_comment()})\s*){{0,64}}")
 
 _IDENT_END = rf"(?!{_IDC})"
@@ -195,6 +206,20 @@ def _keyword(word: str, rest: str, not_after: str) -> list[str]:
 
 # Tokens tracked inside compound (routine) statements.  As in psql, keywords
 # only count outside parentheses (so a parameter named "begin" is harmless).
+#
+# BEGIN opens a block, and END closes one, only where a statement can start,
+# so that columns named "begin" and "end" are harmless:
+# * END: directly after ';' or BEGIN (an empty block).
+# * BEGIN, and a CASE statement (rather than a CASE expression): inside a block,
+#   directly after ';' or BEGIN [[NOT] ATOMIC], and in mysql also after THEN or
+#   ELSE (unless they belong to a CASE expression), DO, LOOP, REPEAT, a label's
+#   ':' and a handler's conditions (DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN);
+#   at block depth 0 (the routine's body, after its header), anywhere except
+#   directly after an operator or a keyword that an expression follows
+#   (RETURN, SELECT, WHERE, ...).
+# "Directly after" allows whitespace and comments in between.  Only ';', BEGIN,
+# CASE and END are tokens (more tokens would slow the scan down): the word
+# before a BEGIN or CASE is looked at when one is found.
 _NOT_AFTER = _one_of(_IDC_ASCII + ".@")  # t.end, @end are identifiers
 _PARENS = [r"\(", r"\)"]
 _END_KEYWORD = _keyword(
@@ -213,6 +238,25 @@ _MY_BLOCK_KEYWORDS = [
     *_END_KEYWORD,
     *_PARENS,
 ]
+# DECLARE ... HANDLER FOR condition [, condition] ..., up to its statement.
+# _IDC_CLASS is _IDC as one class (a repeated group would cost memory per
+# character, a repeated class does not).
+_IDC_CLASS = r"[^\x00-#%-/:-@\[-^`{-\x7f]"
+_MY_CONDITION = (
+    r"(?:sqlstate(?:\s+value)?\s*(?:'[^'\\]*'|\"[^\"\\]*\")"
+    rf"|not\s+found{_IDENT_END}|{_IDC_CLASS}+|`[^`]*`)"
+)
+
+
+@lru_cache(maxsize=1)
+def _my_handler() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The head of a handler declaration, and its conditions (compiled on first use)."""
+    return (
+        re.compile(rf"{_my_blank()}(?i:declare\s+(?:continue|exit|undo)\s+handler\s+for\s+)"),
+        re.compile(rf"(?i:{_MY_CONDITION}(?:\s*,\s*{_MY_CONDITION}){{0,64}})"),
+    )
+
+
 _LITE_KEYWORDS = _keyword("end", "", _IDC)
 
 # Token regexes.  Every alternative starts with a literal character (see
@@ -365,6 +409,77 @@ def _check_dialect(dialect: str) -> None:
         raise ValueError(f"unknown SQL dialect {dialect!r} (expected one of {sorted(_DIALECTS)})")
 
 
+# Blocks open inside a routine statement.
+_CASE_EXPR = 0  # CASE expression
+_CASE = 1  # CASE statement
+_BLOCK = 2  # BEGIN ... END
+
+# Operators, and the keywords that an expression follows (see _MY_BLOCK_KEYWORDS).
+_EXPRESSION_CHARS = frozenset("=<>+-*/%,|&^~!")
+_EXPRESSION_WORDS = frozenset({
+    "return", "select", "where", "by", "and", "or", "xor", "not", "set", "from", "join",
+    "into", "update", "having", "distinct", "like", "between", "div", "mod", "interval",
+    "limit", "when",
+})  # fmt: skip
+_LAST_WORD = re.compile(r"[A-Za-z]+\Z")
+
+
+def _significant_end(sql: str, start: int, end: int, comment_end: int, comment_sig: int) -> int:
+    """Just after the last significant character before ``end``.
+
+    ``start`` is the end of the previous token (no token lies between ``start``
+    and ``end``); if that token was a comment (``start == comment_end``), the
+    answer before it was ``comment_sig``.
+    """
+    tail = sql[start:end].rstrip()
+    if tail:
+        return start + len(tail)
+    return comment_sig if start == comment_end else start
+
+
+def _word_before(sql: str, end: int) -> str:
+    """The (lower-cased) ASCII word that ends at ``end``, or ""."""
+    if not sql[end - 1].isalpha():
+        return ""
+    m = _LAST_WORD.search(sql, max(0, end - 12), end)  # longer words are no keywords
+    if m is None:
+        return ""
+    i = m.start()  # the word must be whole: not x.then, @do, my_loop
+    if i > 0 and (_is_ident_char(sql[i - 1]) or sql[i - 1] in ".@"):
+        return ""
+    return m.group().lower()
+
+
+def _expression_follows(sql: str, end: int) -> bool:
+    """Whether an expression follows the significant text that ends at ``end``."""
+    last = sql[end - 1]
+    if last in _EXPRESSION_CHARS:
+        return last != "/" or end < 2 or sql[end - 2] != "*"  # not the */ of /*! ... */
+    return _word_before(sql, end) in _EXPRESSION_WORDS
+
+
+def _my_statement_follows(sql: str, end: int, then_else: bool, conditions: int) -> bool:
+    """Whether a mysql statement can start after the significant text ending at ``end``.
+
+    That is after THEN or ELSE (if ``then_else``), DO, LOOP, REPEAT or a label's
+    ':', or after the conditions of a handler declaration, if they start at
+    ``conditions`` (-1: the statement is not a handler declaration).
+    """
+    last = sql[end - 1]
+    if last == ":":
+        return True
+    word = _word_before(sql, end)
+    if word == "do" or word == "loop" or word == "repeat":
+        return True
+    if then_else and (word == "then" or word == "else"):
+        return True
+    return (
+        0 <= conditions < end
+        and last not in _EXPRESSION_CHARS
+        and _my_handler()[1].fullmatch(sql, conditions, end) is not None
+    )
+
+
 def _is_ident_char(ch: str) -> bool:
     return ch.isalnum() or ch == "_" or ch == "$" or ch >= "\x80"
 
@@ -475,10 +590,14 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
     line_no = 1 + line_offset
 
     mode = 0  # 0: ordinary statement; otherwise spec.mode inside a routine statement
-    stack: list[bool] = []  # open blocks inside a routine: True = BEGIN, False = CASE
+    stack: list[int] = []  # open blocks inside a routine: _BLOCK, _CASE or _CASE_EXPR
     parens = 0  # parenthesis depth inside a routine statement
     last_semi = -1  # just after the last ';' inside the routine statement
-    last_begin = -1  # just after the last BEGIN [[NOT] ATOMIC] inside it
+    last_begin = -1  # just after the last BEGIN [[NOT] ATOMIC] that opened a block
+    comment_end = -1  # just after the last comment inside the routine statement
+    comment_sig = -1  # just after the last significant character before that comment
+    handler_at = -1  # mysql: the statement start last checked for a handler declaration
+    handler_conditions = -1  # where that declaration's conditions start (-1: none)
     end_ok = -1  # sqlite: just after an END that directly follows a ';'
 
     never = n + 1
@@ -536,7 +655,7 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
                     search = routine_search
                     stack.clear()
                     parens = 0
-                    last_semi = last_begin = end_ok = -1
+                    last_semi = last_begin = end_ok = comment_end = handler_at = -1
                     continue
 
         c = sql[ts]
@@ -596,6 +715,9 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
 
         # line comments
         if c == "-" or c == "#":
+            if mode == 1:
+                comment_sig = _significant_end(sql, pos, ts, comment_end, comment_sig)
+                comment_end = te
             pos = te
             continue
 
@@ -611,7 +733,7 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
                         search = routine_search
                         stack.clear()
                         parens = 0
-                        last_semi = last_begin = end_ok = -1
+                        last_semi = last_begin = end_ok = comment_end = handler_at = -1
                 continue
             if pg:
                 e = _pg_comment_end(sql, ts)
@@ -623,6 +745,9 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
                 raise SplitError(
                     "unterminated /* comment", line_at(sql, ts, line_offset=line_offset)
                 )
+            if mode == 1:
+                comment_sig = _significant_end(sql, pos, ts, comment_end, comment_sig)
+                comment_end = e
             pos = e
             continue
 
@@ -641,6 +766,7 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
             continue
 
         # keywords and parentheses, only inside routine statements
+        prev_end = pos  # the end of the previous token
         pos = te
         if c == "(":
             parens += 1
@@ -653,22 +779,51 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
             # sqlite3_complete(): remember an END that directly follows a ';'
             directly = last_semi >= 0 and blank(sql, last_semi, ts) is not None
             end_ok = te if directly else -1
-        elif c == "b" or c == "B":
-            stack.append(True)
-            last_begin = te
-        elif c == "c" or c == "C":
-            stack.append(False)
+        elif c == "b" or c == "B" or c == "c" or c == "C":
+            # where a statement can start, BEGIN opens a block and CASE is a
+            # statement; elsewhere BEGIN is an identifier and CASE an expression
+            # (see _MY_BLOCK_KEYWORDS)
+            tail = sql[prev_end:ts].rstrip()  # (_significant_end, inlined)
+            if tail:
+                sig = prev_end + len(tail)
+            else:
+                sig = comment_sig if prev_end == comment_end else prev_end
+            if stack:
+                p = last_semi if last_semi > last_begin else last_begin
+                if p >= 0 and sig <= p:
+                    at_start = True
+                elif mysql and sql[sig - 1] not in _EXPRESSION_CHARS:  # (a quick "no")
+                    if handler_at != p and p >= 0:  # once per statement
+                        handler_at = p
+                        hm = _my_handler()[0].match(sql, p, sig)
+                        handler_conditions = -1 if hm is None else hm.end()
+                    conditions = handler_conditions if handler_at == p else -1
+                    then_else = stack[-1] != _CASE_EXPR
+                    at_start = _my_statement_follows(sql, sig, then_else, conditions)
+                else:
+                    at_start = False
+            else:
+                at_start = sig <= stmt_start or not _expression_follows(sql, sig)
+            if c == "b" or c == "B":
+                if at_start:
+                    stack.append(_BLOCK)
+                    last_begin = te
+            else:
+                stack.append(_CASE if at_start else _CASE_EXPR)
         elif te - ts == 3:  # a bare END
             if stack:
-                if not stack[-1]:
+                if stack[-1] != _BLOCK:
                     stack.pop()  # closes a CASE
                 else:
                     # closes a BEGIN block only where a statement may start
                     # (after ';' or BEGIN), so that a column named "end" is harmless
                     p = last_semi if last_semi > last_begin else last_begin
-                    if p >= 0 and blank(sql, p, ts) is not None:
+                    if (
+                        p >= 0
+                        and _significant_end(sql, prev_end, ts, comment_end, comment_sig) <= p
+                    ):
                         stack.pop()
-        elif stack and not stack[-1] and sql[te - 4 : te].lower() == "case":
+        elif stack and stack[-1] != _BLOCK and sql[te - 4 : te].lower() == "case":
             stack.pop()  # END CASE closes a CASE
         # END IF / LOOP / WHILE / REPEAT / FOR: no change
 
