@@ -220,8 +220,8 @@ def describe_dirty(state: MigrationState) -> str:
     assert row is not None
     action = "applying" if row.status == APPLYING else "reverting"
     text = (
-        f"migration {state.version} ({state.file}) is dirty: {action} it started but did not "
-        f"finish; {row.statements_done} statement(s) completed"
+        f"migration {state.version} ({state.file}) is dirty: {action} it did not finish; "
+        f"{row.statements_done} statement(s) completed"
     )
     if row.error:
         text += f"; it failed with: {row.error.splitlines()[0]}"
