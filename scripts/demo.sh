@@ -7,8 +7,9 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -e .
 db="$(mktemp -d)/demo.db"
 run() { echo "\$ whimbrel $*"; .venv/bin/whimbrel "$@" || echo "(exit code $?)"; echo; }
-run migrations inspect examples/dracon --url "sqlite:///$db"
+run migrations apply examples/dracon --url "sqlite:///$db" --dry-run
 run migrations apply examples/dracon --url "sqlite:///$db"
 run migrations inspect examples/dracon --url "sqlite:///$db"
 run migrations revert examples/dracon --url "sqlite:///$db" --set enrichments
-run migrations inspect examples/dracon --url "sqlite:///$db" --output json
+run migrations inspect examples/dracon --url "sqlite:///$db"
+echo "The demo database is $db; try: .venv/bin/whimbrel migrations --help"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -327,3 +328,96 @@ def test_refused_apply_creates_no_sqlite_file(sqlite_db: Database, tmp_path: Pat
     assert run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url).returncode == 5
     assert not Path(sqlite_db.name).exists()
     assert not Path(sqlite_db.name + ".whimbrel-lock").exists()
+
+
+def test_set_creating_its_own_tracking_table_name_is_refused(db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "users",
+        {"001_create_users.up.sql": "CREATE TABLE IF NOT EXISTS users (id INT);"},
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert result.returncode == 5
+    assert "creates a table or view named 'users'" in result.stderr
+    assert "Rename the set's folder" in result.stderr
+    assert "users" not in (
+        db.tables() if db.dialect != "sqlite" or Path(db.name).exists() else set()
+    )
+
+
+def test_failed_first_run_leaves_no_empty_tracking_table(db: Database, tmp_path: Path) -> None:
+    tree = write_tree(tmp_path / "app", {"1_bad.up.sql": "CREATE TABLE t (id INT);\nSELEC 1;\n"})
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert result.returncode == 1
+    if db.dialect == "mysql":
+        assert db.query("SELECT status FROM app") == [("applying",)]  # dirty is kept
+    else:
+        assert "app" not in db.tables()
+
+
+def test_json_output_of_a_failed_run_says_what_ran(sqlite_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {"1_ok.up.sql": "CREATE TABLE a (id INT);", "2_bad.up.sql": "SELECT 1;\nSELEC 2;\n"},
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url, "-o", "json")
+    assert result.returncode == 1
+    doc = json.loads(result.stdout)
+    assert [(m["file"], m["status"]) for m in doc["migrations"]] == [("1_ok.up.sql", "applied")]
+    assert doc["error"]["exit_code"] == 1
+    assert (doc["error"]["file"], doc["error"]["statement"], doc["error"]["line"]) == (
+        "2_bad.up.sql",
+        2,
+        2,
+    )
+    assert doc["error"]["rolled_back"] is True
+    assert "error:" in result.stderr
+
+
+def test_mark_applied_accepts_an_intended_edit(sqlite_db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    url = sqlite_db.url
+    assert run_cli("migrations", "apply", str(tree), "--url", url).returncode == 0
+    before = inspect_json(tree, sqlite_db)["sets"][0]["migrations"][1]
+    up = tree / "enrichments/002_varchar_to_text.up.sql"
+    up.write_text(up.read_text() + "-- a comment, nothing the database needs\n")
+    assert run_cli("migrations", "inspect", str(tree), "--url", url).returncode == 4
+    marked = run_cli(
+        "migrations",
+        "mark",
+        str(tree),
+        "--url",
+        url,
+        "--set",
+        "enrichments",
+        "--version",
+        "2",
+        "--applied",
+    )
+    assert marked.returncode == 0, marked.stderr
+    assert run_cli("migrations", "inspect", str(tree), "--url", url).returncode == 0
+    after = inspect_json(tree, sqlite_db)["sets"][0]["migrations"][1]
+    assert after["applied_at"] == before["applied_at"]
+    assert after["sha256"] == hashlib.sha256(up.read_bytes()).hexdigest()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", after["applied_at"])
+
+
+def test_friendly_hints_for_first_day_mistakes(tmp_path: Path) -> None:
+    wrong_command = run_cli("apply", "x", "--url", "sqlite:///x.db")
+    assert wrong_command.returncode == 2
+    assert "did you mean 'whimbrel migrations apply'" in wrong_command.stderr
+    shutil.copytree(EXAMPLES, tmp_path / "examples")
+    too_high = run_cli(
+        "migrations", "inspect", str(tmp_path / "examples"), "--url", "sqlite:///x.db"
+    )
+    assert too_high.returncode == 5
+    assert "one level down only; dracon holds sets" in too_high.stderr
+    options = run_cli("migrations", "apply", str(tmp_path), "--url", "sqlite:///x.db?mode=ro")
+    assert options.returncode == 2 and "not supported" in options.stderr
+
+
+def test_output_table_and_text_mean_the_same(sqlite_db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    applied = run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url, "-o", "table")
+    assert applied.returncode == 0 and "Applied 5 migrations" in applied.stdout
+    text = run_cli("migrations", "inspect", str(tree), "--url", sqlite_db.url, "-o", "text")
+    assert text.returncode == 0 and "up to date" in text.stdout

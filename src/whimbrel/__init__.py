@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from whimbrel.errors import ExitCode, WhimbrelError
 
 
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from whimbrel import __version__
-from whimbrel.errors import ExitCode, MigrationFailed, UsageError, WhimbrelError
+from whimbrel.errors import ExitCode, Interrupted, MigrationFailed, UsageError, WhimbrelError
 from whimbrel.urls import DatabaseURL, parse_url, redact
 
 if TYPE_CHECKING:
@@ -28,7 +28,8 @@ Exit codes:
   5   invalid migration files or folders
   6   cannot connect to the database
   7   timed out waiting for the migration lock
-  8   refused: unsafe state (dirty, drift, out of order, foreign table); nothing changed
+  8   refused: unsafe state (dirty, drift, out of order, foreign table, no down section);
+      nothing changed
   9   a database error outside any migration (e.g. no permission to create the tracking table)
   130 interrupted (Ctrl-C); 143 terminated (SIGTERM)
 """
@@ -93,18 +94,34 @@ def path_argument(f: F) -> F:
     return click.argument("path", type=click.Path(file_okay=False, path_type=str))(f)
 
 
-def output_option(choices: tuple[str, ...], default: str) -> Callable[[F], F]:
+def output_option(default: str) -> Callable[[F], F]:
     return click.option(
         "--output",
         "-o",
-        type=click.Choice(choices),
+        type=click.Choice(("table", "text", "json")),
         default=default,
         show_default=True,
-        help="Output for people or JSON for machines.",
+        help="For people (table and text mean the same) or one JSON document for machines.",
+        callback=lambda _ctx, _param, value: "json" if value == "json" else "text",
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Root(click.Group):
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name in {"inspect", "apply", "revert", "mark"} and self.get_command(ctx, name) is None:
+            raise click.UsageError(
+                f"no command {name!r}; did you mean 'whimbrel migrations {name}'?"
+            )
+        return super().resolve_command(ctx, args)
+
+
+@click.group(
+    cls=_Root,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="whimbrel")
 def main() -> None:
     """Apply, inspect and revert SQL migrations on PostgreSQL, MySQL/MariaDB and SQLite.
@@ -123,7 +140,7 @@ def migrations() -> None:
 @path_argument
 @url_option
 @sets_option
-@output_option(("table", "json"), "table")
+@output_option("table")
 @timeouts
 def inspect(
     path: str, url: str | None, only_sets: tuple[str, ...], output: str, connect_timeout: float
@@ -157,14 +174,22 @@ def _run_and_report(
     """Run apply/revert with progress lines (text) or one JSON document, and report."""
     from whimbrel import output as render
 
-    reporter = render.ProgressReporter() if output == "text" else None
+    as_json = output == "json"
+    reporter = None if as_json else render.ProgressReporter()
     try:
         result = command(*args, reporter=reporter, **kwargs)
     except WhimbrelError as exc:
         if reporter is not None and isinstance(exc, MigrationFailed):
             reporter.failed()
+        if as_json:
+            # A script still learns what this run did before it failed.
+            click.echo(redact(render.run_json(exc.partial, error=exc), _secrets))
         _fail(exc)
-    if output == "json":
+    except Interrupted:
+        if reporter is not None:
+            reporter.failed("INTERRUPTED")
+        raise
+    if as_json:
         click.echo(render.run_json(result))
     else:
         render.print_run(result)
@@ -198,7 +223,7 @@ def _run_options(f: F) -> F:
     is_flag=True,
     help="Apply pending migrations older than the newest applied one.",
 )
-@output_option(("text", "json"), "text")
+@output_option("text")
 @lock_timeout
 @timeouts
 def apply(
@@ -250,7 +275,7 @@ def apply(
 )
 @click.option("--all", "everything", is_flag=True, help="Revert every applied migration.")
 @_run_options
-@output_option(("text", "json"), "text")
+@output_option("text")
 @lock_timeout
 @timeouts
 def revert(
@@ -344,8 +369,8 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _interrupted() -> NoReturn:
-    click.echo("interrupted", err=True)
+def _interrupted(message: str | None) -> NoReturn:
+    click.echo(redact(f"error: {message}", _secrets) if message else "interrupted", err=True)
     signum = _signal_received[0] if _signal_received else signal.SIGINT
     sys.exit(128 + signum)
 
@@ -361,8 +386,9 @@ def run() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(ExitCode.USAGE)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        _interrupted()
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        cause = exc if isinstance(exc, Interrupted) else exc.__cause__ or exc.__context__
+        _interrupted(cause.message if isinstance(cause, Interrupted) else None)
     except UsageError as exc:
         _fail(exc)
     except WhimbrelError as exc:

@@ -113,7 +113,14 @@ def discover(path: str | os.PathLike[str]) -> list[MigrationSet]:
         return [_load_set(name, root, own_files)]
     if not set_folders:
         hint = ""
-        if ignored_sql:
+        deeper = [d.name for d in subfolders if any(_scan(sub)[0] for sub in _scan(d)[1])]
+        if deeper:
+            verb = "holds" if len(deeper) == 1 else "hold"
+            hint = (
+                f" (sets are looked for one level down only; {', '.join(sorted(deeper))} "
+                f"{verb} sets: pass that folder as PATH)"
+            )
+        elif ignored_sql:
             hint = (
                 f" (ignored {', '.join(sorted(ignored_sql)[:5])}: a migration file name starts "
                 "with its version number, like 001_init.up.sql or 20231103205514_init.sql)"

@@ -36,10 +36,12 @@ from whimbrel.drivers.base import (
 from whimbrel.errors import (
     ConnectionFailed,
     DatabaseError,
+    Interrupted,
     InvalidMigrationsError,
     MigrationFailed,
     RefusedError,
     UsageError,
+    WhimbrelError,
 )
 from whimbrel.plan import MigrationState, SetState, compare
 from whimbrel.urls import DatabaseURL, Dialect, redact
@@ -286,6 +288,13 @@ _UNSUPPORTED: dict[str, tuple[re.Pattern[str], str]] = {
         "UNLOCK TABLES (a migration already runs alone, under whimbrel's lock)",
     ),
 }
+# CREATE TABLE/VIEW of an unqualified name, to catch a set creating its own tracking table.
+_CREATES_RELATION = re.compile(
+    r"create\s+(?:or\s+replace\s+)?(?:(?:global|local)\s+)?(?:temp(?:orary)?\s+|unlogged\s+)?"
+    r"(?:table|view|materialized\s+view)\s+(?:if\s+not\s+exists\s+)?"
+    r"(?P<name>[`\"\[]?\w+[`\"\]]?)(?!\s*\.)",
+    re.IGNORECASE,
+)
 # Statements that may change the session for the migrations after them (mysqldump writes
 # them as executable comments: /*!40101 SET NAMES utf8 */).
 _SESSION_STATEMENT = re.compile(
@@ -309,6 +318,16 @@ def prepare(step: Step, dialect: Dialect, transactional_ddl: bool) -> Step:
             "has no SQL statements (only comments)", set_name=step.set_name, file=section.file
         )
     for statement in statements:
+        created = _CREATES_RELATION.match(statement.text)
+        if created and created["name"].strip('`"[]').lower() == step.set_name:
+            raise InvalidMigrationsError(
+                f"creates a table or view named {step.set_name!r}, which is the name of the "
+                "set's own tracking table (a set's tracking table is named after its folder). "
+                "Rename the set's folder",
+                set_name=step.set_name,
+                file=section.file,
+                line=statement.line,
+            )
         refusal = _UNSUPPORTED.get(dialect)
         if refusal and refusal[0].match(statement.text):
             raise InvalidMigrationsError(
@@ -453,6 +472,9 @@ def execute_step(driver: Driver, step: Step) -> StepOutcome:
             f"recording {step.file} in the tracking table {step.table!r}: {exc.message}\n"
             + _while(step)
         ) from None
+    except KeyboardInterrupt:
+        _reset_quietly(driver, step)
+        raise Interrupted(_interrupted(step)) from None
     except BaseException:
         _reset_quietly(driver, step)
         raise
@@ -469,6 +491,20 @@ def execute_step(driver: Driver, step: Step) -> StepOutcome:
         atomic=step.atomic,
         resumed_from=step.resume_from,
     )
+
+
+def _interrupted(step: Step) -> str:
+    verb, done = ("applying", "applied") if step.direction == "up" else ("reverting", "reverted")
+    text = f"interrupted while {verb} {step.file} of set {step.set_name!r}: "
+    if step.atomic:
+        text += f"it ran in a transaction, so nothing of it was {done}"
+    else:
+        text += (
+            "it does not run in one transaction, so it is now dirty; `whimbrel migrations "
+            "inspect` shows how far it got. Continue with --resume, or repair by hand and "
+            "record the outcome with `whimbrel migrations mark`"
+        )
+    return text + ". Migrations after it did not run."
 
 
 def _reset_quietly(driver: Driver, step: Step) -> None:
@@ -656,12 +692,26 @@ def apply(
         if options.dry_run:
             result.steps = [_planned(s) for s in planned]
             return result
+        created = []
         for state in states:
             if not state.table_exists and any(s.set_name == state.name for s in planned):
                 with _context(f"set {state.name!r}: creating its tracking table"):
                     driver.create_table(state.set.table)
-        _execute_all(driver, planned, result, reporter)
+                created.append(state.set.table)
+        try:
+            _execute_all(driver, planned, result, reporter)
+        except BaseException:
+            _drop_if_empty(driver, created)
+            raise
     return result
+
+
+def _drop_if_empty(driver: Driver, tables: Sequence[str]) -> None:
+    """After a failed run, remove the tracking tables it created that recorded nothing."""
+    for table in tables:
+        with contextlib.suppress(Exception):
+            if not driver.fetch(f"SELECT 1 FROM {driver.qualified(table)}"):
+                driver.execute(f"DROP TABLE {driver.qualified(table)}")
 
 
 def _prepare_all(driver: Driver, steps: Sequence[tuple[Step, MigrationState]]) -> list[Step]:
@@ -686,11 +736,15 @@ def _prepare_all(driver: Driver, steps: Sequence[tuple[Step, MigrationState]]) -
 def _execute_all(
     driver: Driver, planned: Sequence[Step], result: RunResult, reporter: Reporter
 ) -> None:
-    for step in planned:
-        reporter.step_started(step)
-        outcome = execute_step(driver, step)
-        result.steps.append(outcome)
-        reporter.step_finished(step, outcome)
+    try:
+        for step in planned:
+            reporter.step_started(step)
+            outcome = execute_step(driver, step)
+            result.steps.append(outcome)
+            reporter.step_finished(step, outcome)
+    except WhimbrelError as exc:
+        exc.partial = result
+        raise
 
 
 @contextmanager
@@ -853,7 +907,25 @@ def mark(
         if not state.table_exists:
             driver.create_table(table)
         if target.row is not None:
-            driver.write(DeleteRow(table, version))
+            # Accept the file as it is now, keeping when it was first applied.
+            p = driver.placeholder
+            driver.execute(
+                f"UPDATE {driver.qualified(table)} SET status = {p}, error = NULL, "
+                f"sha256 = {p}, statements_done = {p}, statements_sha256 = {p}, "
+                f"down_sql = {p} WHERE version = {p}",
+                (
+                    APPLIED,
+                    migration.sha256,
+                    len(statements),
+                    _statements_hash(statements),
+                    migration.down.sql if migration.down else None,
+                    version,
+                ),
+            )
+            return (
+                f"set {set_name!r}: migration {version} ({migration.file}) marked as applied, "
+                f"sha256 {migration.sha256}"
+            )
         driver.write(
             InsertRow(
                 table,

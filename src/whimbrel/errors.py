@@ -29,6 +29,8 @@ class WhimbrelError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # What a run did before it failed (a whimbrel.engine.RunResult), for reports.
+        self.partial: object | None = None
 
     def __str__(self) -> str:
         return self.message
@@ -112,3 +114,14 @@ class MigrationFailed(WhimbrelError):
         self.statement = statement
         self.database_message = database_message
         self.rolled_back = rolled_back
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a migration, with what that left behind.
+
+    A KeyboardInterrupt, not a WhimbrelError, so that `except Exception` never swallows it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 import click
 
 from whimbrel.engine import RunResult, Step, StepOutcome
+from whimbrel.errors import MigrationFailed, WhimbrelError
 from whimbrel.plan import MigrationState, SetState
 
 _STATUS_COLOURS = {
@@ -27,11 +28,12 @@ _STATUS_COLOURS = {
 
 
 def iso(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC, always with six fractional digits."""
     if value is None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _migration_json(state: MigrationState) -> dict[str, Any]:
@@ -50,7 +52,7 @@ def _migration_json(state: MigrationState) -> dict[str, Any]:
         doc["applied_by"] = row.applied_by
     if state.status == "dirty" and row is not None:
         doc["dirty"] = {
-            "direction": "apply" if row.status == "applying" else "revert",
+            "direction": "up" if row.status == "applying" else "down",
             "statements_done": row.statements_done,
             "error": row.error,
         }
@@ -155,16 +157,27 @@ def _print_inspect_rich(states: Sequence[SetState]) -> None:
             console.print(f"  [red]![/red] {_problem(m)}", highlight=False)
 
 
-def run_json(result: RunResult) -> str:
-    return json.dumps(
-        {
+def run_json(result: object, error: WhimbrelError | None = None) -> str:
+    """The JSON document of an apply/revert run; with `error`, of the part that ran."""
+    doc: dict[str, Any] = {}
+    if isinstance(result, RunResult):
+        doc = {
             "command": result.command,
             "dry_run": result.dry_run,
             "sets": result.sets,
             "migrations": [_outcome_json(o) for o in result.steps],
-        },
-        indent=2,
-    )
+        }
+    if error is not None:
+        doc["error"] = {"exit_code": int(error.exit_code), "message": error.message}
+        if isinstance(error, MigrationFailed):
+            doc["error"].update(
+                set=error.set_name,
+                file=error.file,
+                statement=error.statement_index + 1 if error.statement_index is not None else None,
+                line=error.line,
+                rolled_back=error.rolled_back,
+            )
+    return json.dumps(doc, indent=2)
 
 
 def _outcome_json(outcome: StepOutcome) -> dict[str, Any]:
@@ -214,8 +227,8 @@ class ProgressReporter:
         self.out.write(f"{self._style(word, 'green')} in {_format_ms(outcome.duration_ms)}\n")
         self.out.flush()
 
-    def failed(self) -> None:
-        self.out.write(self._style("FAILED", "red") + "\n")
+    def failed(self, word: str = "FAILED") -> None:
+        self.out.write(self._style(word, "red") + "\n")
         self.out.flush()
 
     def note(self, text: str) -> None:

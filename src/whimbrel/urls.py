@@ -84,7 +84,7 @@ def parse_url(url: str) -> DatabaseURL:
     if dialect is None:
         raise UsageError(
             f"unsupported database URL {redact(url)!r}: use postgres://, postgresql://, "
-            "mysql://, mariadb://, sqlite:///relative.db or sqlite:////absolute.db"
+            "mysql://, mariadb://, sqlite:///relative.db, sqlite:////absolute.db or sqlite:path"
         )
     if dialect == "sqlite":
         return DatabaseURL(dialect="sqlite", raw=url, path=_sqlite_path(url, rest))
@@ -116,7 +116,8 @@ def parse_url(url: str) -> DatabaseURL:
 def _sqlite_path(url: str, rest: str) -> str:
     # SQLAlchemy style: sqlite:///relative.db and sqlite:////absolute.db.
     # dbmate style: sqlite:relative.db and sqlite:/absolute.db.
-    rest = rest.split("?", 1)[0]
+    if "?" in rest:
+        raise UsageError(f"SQLite URL {url!r}: options after '?' are not supported")
     if rest.startswith("///"):
         path = rest[3:]
     elif rest.startswith("//"):
