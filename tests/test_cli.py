@@ -421,3 +421,98 @@ def test_output_table_and_text_mean_the_same(sqlite_db: Database, tmp_path: Path
     assert applied.returncode == 0 and "Applied 5 migrations" in applied.stdout
     text = run_cli("migrations", "inspect", str(tree), "--url", sqlite_db.url, "-o", "text")
     assert text.returncode == 0 and "up to date" in text.stdout
+
+
+def test_tracking_rows_record_what_the_spec_asks(db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    assert run_cli("migrations", "apply", str(tree), "--url", db.url).returncode == 0
+    rows = db.query(
+        "SELECT version, name, file, sha256, status, applied_at, duration_ms, applied_by "
+        "FROM enrichments ORDER BY version"
+    )
+    assert [r[:3] for r in rows] == [
+        (1, "init", "001_init.up.sql"),
+        (2, "varchar_to_text", "002_varchar_to_text.up.sql"),
+        (3, "add_cve_column", "003_add_cve_column.up.sql"),
+    ]
+    for version, _, file, sha, status, applied_at, duration_ms, applied_by in rows:
+        assert sha == hashlib.sha256((tree / "enrichments" / file).read_bytes()).hexdigest()
+        assert status == "applied" and applied_at is not None
+        assert duration_ms is not None and duration_ms >= 0, version
+        assert " pid " in applied_by
+
+
+def test_revert_goes_through_sets_in_reverse_name_order(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    tree = dracon(tmp_path)
+    assert run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url).returncode == 0
+    result = run_cli("migrations", "revert", str(tree), "--url", sqlite_db.url)
+    lines = [line for line in result.stdout.splitlines() if "reverting" in line]
+    assert [line.split(":")[0] for line in lines] == ["experimental_component", "enrichments"]
+
+
+def test_missing_file_is_drift_for_apply_and_revert(db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    assert run_cli("migrations", "apply", str(tree), "--url", db.url).returncode == 0
+    (tree / "experimental_component/002_add_new_column.up.sql").unlink()
+    (tree / "experimental_component/002_add_new_column.down.sql").unlink()
+    for command in ("apply", "revert"):
+        result = run_cli("migrations", command, str(tree), "--url", db.url)
+        assert result.returncode == 8, result.stderr
+        assert "migration 2 (002_add_new_column.up.sql) is recorded as applied" in result.stderr
+    # With --allow-drift, revert undoes it with the down section recorded when it was applied.
+    reverted = run_cli(
+        "migrations",
+        "revert",
+        str(tree),
+        "--url",
+        db.url,
+        "--set",
+        "experimental_component",
+        "--allow-drift",
+    )
+    assert reverted.returncode == 0, reverted.stderr
+    assert "(down section recorded when applied)" in reverted.stdout
+    columns = {
+        "sqlite": "SELECT name FROM pragma_table_info('experiments')",
+        "postgres": "SELECT column_name FROM information_schema.columns "
+        "WHERE table_name = 'experiments'",
+        "mysql": "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = DATABASE() AND table_name = 'experiments'",
+    }[db.dialect]
+    assert "started_at" not in {r[0] for r in db.query(columns)}
+
+
+def test_revert_refusal_names_both_hashes(sqlite_db: Database, tmp_path: Path) -> None:
+    tree = dracon(tmp_path)
+    assert run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url).returncode == 0
+    up = tree / "enrichments/003_add_cve_column.up.sql"
+    old = hashlib.sha256(up.read_bytes()).hexdigest()
+    up.write_text(up.read_text() + "\n")
+    new = hashlib.sha256(up.read_bytes()).hexdigest()
+    result = run_cli("migrations", "revert", str(tree), "--url", sqlite_db.url)
+    assert result.returncode == 8
+    assert old in result.stderr and new in result.stderr
+
+
+def test_tracking_row_commits_with_the_migration(db: Database, tmp_path: Path) -> None:
+    if db.dialect == "mysql":
+        return  # DDL commits at once there: covered by the dirty-state tests
+    trigger = {
+        "sqlite": "CREATE TRIGGER no_two BEFORE INSERT ON app WHEN NEW.version = 2 "
+        "BEGIN SELECT RAISE(ABORT, 'tracking refused'); END;",
+        "postgres": "CREATE FUNCTION no_two() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.version = 2 THEN RAISE EXCEPTION 'tracking refused'; END IF; RETURN NEW; "
+        "END $$;\nCREATE TRIGGER no_two BEFORE INSERT ON app FOR EACH ROW "
+        "EXECUTE FUNCTION no_two();",
+    }[db.dialect]
+    tree = write_tree(
+        tmp_path / "app",
+        {"1_trigger.up.sql": trigger, "2_table.up.sql": "CREATE TABLE two (id INT);"},
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert result.returncode == 1
+    assert "tracking refused" in result.stderr
+    assert "two" not in db.tables()  # the migration went with its tracking row
+    assert [r[0] for r in db.tracking("app")] == [1]

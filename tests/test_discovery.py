@@ -267,3 +267,15 @@ def test_a_folder_named_like_a_migration_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "s" / "002_b.up.sql").mkdir()
     with pytest.raises(InvalidMigrationsError, match="not a regular file"):
         discover(tmp_path / "s")
+
+
+def test_sets_come_in_name_order_whatever_the_directory_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(tmp_path, {f"{name}/001_a.up.sql": "SELECT 1;" for name in ("b", "c", "a")})
+    real_scandir = os.scandir
+    monkeypatch.setattr(
+        "whimbrel.discovery.os.scandir",
+        lambda path: sorted(real_scandir(path), key=lambda e: e.name, reverse=True),
+    )
+    assert [s.name for s in discover(tmp_path)] == ["a", "b", "c"]

@@ -4,6 +4,7 @@ connection problems, on the real databases."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -541,7 +542,9 @@ def test_interrupted_statement_is_not_run_twice_on_resume(
         tmp_path / "app",
         {
             "1_counter.up.sql": "CREATE TABLE counter (n INT);",
+            # The DDL makes the migration non-atomic on MySQL: it runs statement by statement.
             "2_fill.up.sql": (
+                "CREATE TABLE marker (x INT);\n"
                 "INSERT INTO counter SELECT 100000 + SLEEP(30);\n"
                 "INSERT INTO counter VALUES (200000);\n"
             ),
@@ -560,9 +563,12 @@ def test_interrupted_statement_is_not_run_twice_on_resume(
     # The statement was stopped on the server and rolled back with its progress.
     assert mysql_db.query("SELECT count(*) FROM counter") == [(0,)]
     assert mysql_db.query("SELECT status, statements_done FROM app WHERE version = 2") == [
-        ("applying", 0)
+        ("applying", 1)
     ]
-    fixed = "INSERT INTO counter SELECT 100000;\nINSERT INTO counter VALUES (200000);\n"
+    fixed = (
+        "CREATE TABLE marker (x INT);\nINSERT INTO counter SELECT 100000;\n"
+        "INSERT INTO counter VALUES (200000);\n"
+    )
     (tree / "2_fill.up.sql").write_text(fixed)
     resumed = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url, "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -573,7 +579,11 @@ def test_killed_run_records_exactly_what_was_done(mysql_db: Database, tmp_path: 
     inserts = "".join(f"INSERT INTO filled VALUES ({n});\n" for n in range(1, 3001))
     tree = write_tree(
         tmp_path / "app",
-        {"1_table.up.sql": "CREATE TABLE filled (n INT);", "2_fill.up.sql": inserts},
+        {
+            "1_table.up.sql": "CREATE TABLE filled (n INT);",
+            # The DDL makes the migration non-atomic on MySQL: it runs statement by statement.
+            "2_fill.up.sql": "CREATE TABLE fill_marker (x INT);\n" + inserts,
+        },
     )
     proc = subprocess.Popen(
         [*whimbrel_executable(), "migrations", "apply", str(tree), "--url", mysql_db.url],
@@ -590,7 +600,7 @@ def test_killed_run_records_exactly_what_was_done(mysql_db: Database, tmp_path: 
     proc.wait()
     rows = mysql_db.query("SELECT count(*) FROM filled")[0][0]
     done = mysql_db.query("SELECT statements_done FROM app WHERE version = 2")[0][0]
-    assert rows == done  # every statement commits with its progress
+    assert rows == done - 1  # every INSERT commits with its progress (after the DDL)
     resumed = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert mysql_db.query("SELECT count(*), count(DISTINCT n) FROM filled") == [(3000, 3000)]
@@ -976,3 +986,42 @@ def test_sigterm_cancels_like_ctrl_c(postgres_db: Database, tmp_path: Path) -> N
     assert proc.returncode == 143, err
     assert postgres_db.query(query)[0][0] == 0  # cancelled on the server, not left running
     assert "s" not in postgres_db.tables()
+
+
+def test_dml_only_migration_is_atomic_on_mysql(mysql_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_t.up.sql": "CREATE TABLE t (id INT PRIMARY KEY);",
+            "2_rows.up.sql": "INSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2);\n"
+            "INSERT INTO t VALUES (1);\n",
+        },
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url)
+    assert result.returncode == 1
+    assert "2_rows.up.sql, statement 3 of 3 (line 3)" in result.stderr
+    assert "It ran in a transaction: nothing of 2_rows.up.sql was applied." in result.stderr
+    assert mysql_db.query("SELECT count(*) FROM t") == [(0,)]
+    assert [r[:2] for r in mysql_db.tracking("app")] == [(1, "applied")]
+    (tree / "2_rows.up.sql").write_text("INSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2);\n")
+    assert run_cli("migrations", "apply", str(tree), "--url", mysql_db.url).returncode == 0
+    assert mysql_db.query("SELECT id FROM t ORDER BY id") == [(1,), (2,)]
+
+
+def test_sqlite_lock_file_names_the_holder(sqlite_db: Database, tmp_path: Path) -> None:
+    from whimbrel.drivers import connect
+    from whimbrel.urls import parse_url
+
+    driver = connect(parse_url(sqlite_db.url), create=True)
+    try:
+        driver.acquire_lock(1, lambda holder: None)
+        holder = Path(sqlite_db.name + ".whimbrel-lock").read_text()
+        assert f"pid {os.getpid()}" in holder
+        tree = write_tree(tmp_path / "app", {"1_a.up.sql": "CREATE TABLE a (id INT);"})
+        result = run_cli(
+            "migrations", "apply", str(tree), "--url", sqlite_db.url, "--lock-timeout", "1"
+        )
+        assert result.returncode == 7
+        assert f"pid {os.getpid()}" in result.stderr
+    finally:
+        driver.close()

@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -302,7 +302,7 @@ _SESSION_STATEMENT = re.compile(
 )
 
 
-def prepare(step: Step, dialect: Dialect, transactional_ddl: bool) -> Step:
+def prepare(step: Step, dialect: Dialect, atomic_possible: Callable[[Sequence[str]], bool]) -> Step:
     """Split and check a step's SQL for this database, before anything runs."""
     from whimbrel.sqlsplit import SplitError, is_transaction_control, split_statements
 
@@ -335,7 +335,11 @@ def prepare(step: Step, dialect: Dialect, transactional_ddl: bool) -> Step:
             )
     control = frozenset(i for i, s in enumerate(statements) if is_transaction_control(s, dialect))
     own_transactions = bool(control)
-    atomic = transactional_ddl and section.transaction and not own_transactions
+    atomic = (
+        section.transaction
+        and not own_transactions
+        and atomic_possible([s.text for s in statements])
+    )
     changes_session = any(
         _SESSION_STATEMENT.match(s.text) or "set_config" in s.text.lower() for s in statements
     )
@@ -376,11 +380,12 @@ def _failure(
     index = exc.index
     line = None
     position_known = exc.position is not None
-    if index is not None and index >= len(statements):
+    tracking_failed = index is not None and index >= len(statements)
+    if tracking_failed:
         # Every statement of the file ran; our own tracking write failed.
         index = None
         position_known = False
-    if step.atomic and position_known:
+    if step.atomic and position_known and not exc.relative_to_statement:
         # The position is an offset into the whole section; find its statement.
         from whimbrel.sqlsplit import line_at, statement_index_at
 
@@ -401,6 +406,8 @@ def _failure(
         where += f", statement {index + 1} of {len(statements)}"
     if line is not None:
         where += f" (line {line})"
+    if tracking_failed:
+        where += ", recording it in the tracking table"
     verb = "applying" if step.direction == "up" else "reverting"
     if rolled_back:
         done_word = "applied" if step.direction == "up" else "reverted"
@@ -630,7 +637,7 @@ def inspect(sets: Sequence[MigrationSet], url: DatabaseURL, options: RunOptions)
     with session(url, options, "inspect") as driver:
         states = read_states(driver, sets)
         for step, _ in _up_steps(states, RunOptions()):
-            prepare(step, driver.dialect, driver.transactional_ddl)
+            prepare(step, driver.dialect, driver.can_run_atomically)
         return states
 
 
@@ -678,7 +685,7 @@ def apply(
     if _sqlite_missing(url):
         # Check every file before creating the database file, so a refused run leaves none.
         states = [compare(s, None) for s in sets]
-        steps = [prepare(step, "sqlite", True) for step, _ in _up_steps(states, options)]
+        steps = [prepare(step, "sqlite", lambda _: True) for step, _ in _up_steps(states, options)]
         if options.dry_run:
             result.steps = [_planned(step) for step in steps]
             return result
@@ -718,7 +725,7 @@ def _prepare_all(driver: Driver, steps: Sequence[tuple[Step, MigrationState]]) -
     """Check every step for this database before the first one runs."""
     planned = []
     for step, state in steps:
-        prepared = prepare(step, driver.dialect, driver.transactional_ddl)
+        prepared = prepare(step, driver.dialect, driver.can_run_atomically)
         if step.direction == "down" and not prepared.statements:
             raise RefusedError(
                 f"refusing to revert; nothing was changed: set {step.set_name!r}: the down "
@@ -903,7 +910,7 @@ def mark(
                 f"set {set_name!r}: migration {version} has no file; cannot mark it applied"
             )
         up = _step(set_name, "up", migration, migration.up)
-        statements = prepare(up, driver.dialect, driver.transactional_ddl).statements
+        statements = prepare(up, driver.dialect, driver.can_run_atomically).statements
         if not state.table_exists:
             driver.create_table(table)
         if target.row is not None:

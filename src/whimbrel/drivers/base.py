@@ -113,7 +113,8 @@ class StatementError(Exception):
     """The database refused a statement.
 
     `index` is the 0-based statement that failed when the driver knows it; `position` is a
-    0-based character offset into the SQL it was given, when the database reports one.
+    0-based character offset into the SQL it was given (or, with `relative_to_statement`,
+    into the failing statement), when the database reports one.
     """
 
     def __init__(
@@ -123,12 +124,14 @@ class StatementError(Exception):
         index: int | None = None,
         position: int | None = None,
         sqlstate: str | None = None,
+        relative_to_statement: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.index = index
         self.position = position
         self.sqlstate = sqlstate
+        self.relative_to_statement = relative_to_statement
 
 
 def client_identity() -> str:
@@ -312,6 +315,10 @@ class Driver(ABC):
     def can_wrap(self, sql: str) -> bool:
         """Whether this statement may run inside a transaction of ours."""
         return True
+
+    def can_run_atomically(self, statements: Sequence[str]) -> bool:
+        """Whether these statements and their tracking row can commit as one transaction."""
+        return self.transactional_ddl
 
     def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
         """Run one statement of a non-atomic migration, then record that it is done.

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
     Connection = pymysql.connections.Connection[pymysql.cursors.Cursor]
 
+# Statements that never commit implicitly: a section made only of these is atomic here too.
+_NO_IMPLICIT_COMMIT = re.compile(r"(?:insert|update|delete|replace|select|with)\b", re.IGNORECASE)
 # MySQL reports "... near '...' at line N", N counted from the statement's first line.
 _AT_LINE = re.compile(r" at line (\d+)$")
 # Client-side errors: the server went away or could not be reached.
@@ -256,13 +258,20 @@ class MySQLDriver(Driver):
         try:
             for index, statement in enumerate(statements):
                 self._statement(statement, index)
-            for write in with_duration(writes, time.perf_counter() - started):
-                self.write(write)
+            try:
+                for write in with_duration(writes, time.perf_counter() - started):
+                    self.write(write)
+            except DatabaseError as exc:  # e.g. a trigger the migration put on our table
+                raise StatementError(exc.message, index=len(statements)) from None
             self.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):
                 self.rollback()
             raise
+
+    def can_run_atomically(self, statements: Sequence[str]) -> bool:
+        # DDL commits implicitly; plain DML on InnoDB can commit with its tracking row.
+        return all(_NO_IMPLICIT_COMMIT.match(s) for s in statements)
 
     def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
         if not wrap:
@@ -301,7 +310,11 @@ class MySQLDriver(Driver):
                 position = _offset_of_line(body if body is not None else sql, int(match[1]))
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
             raise StatementError(
-                message, index=index, position=position, sqlstate=str(code) if code else None
+                message,
+                index=index,
+                position=position,
+                sqlstate=str(code) if code else None,
+                relative_to_statement=True,
             ) from None
 
     def in_transaction(self) -> bool:

@@ -172,8 +172,11 @@ class SQLiteDriver(Driver):
         try:
             for index, statement in enumerate(statements):
                 self._statement(statement, index)
-            for write in with_duration(writes, time.perf_counter() - started):
-                self.write(write)
+            try:
+                for write in with_duration(writes, time.perf_counter() - started):
+                    self.write(write)
+            except DatabaseError as exc:  # e.g. a trigger the migration put on our table
+                raise StatementError(exc.message, index=len(statements)) from None
             self.execute("COMMIT")
         except BaseException:
             self.rollback()
