@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -466,18 +467,31 @@ def test_failing_revert(db: Database, tmp_path: Path) -> None:
     assert db.query("SELECT count(*) FROM app") == [(0,)]
 
 
-def _wait_for_running_sleep(db: Database) -> None:
-    """Block until the server shows the migration's sleep running (bounded)."""
+def _wait_until(condition: Callable[[], object], what: str, timeout: float = 30) -> None:
+    """Poll a real, observable condition (bounded), e.g. what the server shows running."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def _wait_for_running_sleep(db: Database, seconds: int = 30) -> None:
+    """Block until the server shows the migration's sleep running."""
     query = {
-        "postgres": "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
-        "AND state = 'active' AND pid <> pg_backend_pid()",
+        "postgres": "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+        f"'%pg_sleep({seconds})%' AND state = 'active' AND pid <> pg_backend_pid()",
         "mysql": "SELECT count(*) FROM information_schema.PROCESSLIST "
-        "WHERE INFO LIKE '%SLEEP(30)%' AND ID <> CONNECTION_ID()",
+        f"WHERE INFO LIKE '%SLEEP({seconds})%' AND ID <> CONNECTION_ID()",
     }[db.dialect]
-    deadline = time.monotonic() + 15
-    while db.query(query)[0][0] == 0:
-        assert time.monotonic() < deadline, "the slow statement never started"
-        time.sleep(0.05)
+    _wait_until(lambda: db.query(query)[0][0], "the slow statement runs")
+
+
+def _rows_in_filled(db: Database, proc: subprocess.Popen[bytes], at_least: int) -> None:
+    def filled() -> bool:
+        assert proc.poll() is None, "whimbrel finished before it could be killed"
+        return "filled" in db.tables() and db.query("SELECT count(*) FROM filled")[0][0] > at_least
+
+    _wait_until(filled, f"more than {at_least} rows are in 'filled'")
 
 
 def test_ctrl_c_stops_cleanly(db: Database, tmp_path: Path) -> None:
@@ -590,12 +604,7 @@ def test_killed_run_records_exactly_what_was_done(mysql_db: Database, tmp_path: 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while not (
-        "filled" in mysql_db.tables() and mysql_db.query("SELECT count(*) FROM filled")[0][0]
-    ):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.02)
+    _rows_in_filled(mysql_db, proc, 0)
     proc.kill()
     proc.wait()
     rows = mysql_db.query("SELECT count(*) FROM filled")[0][0]
@@ -785,14 +794,7 @@ def test_killed_revert_is_not_run_twice(postgres_db: Database, tmp_path: Path) -
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    query = (
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3)%' "
-        "AND state = 'active' AND pid <> pg_backend_pid()"
-    )
-    deadline = time.monotonic() + 15
-    while postgres_db.query(query)[0][0] == 0:
-        assert time.monotonic() < deadline, "the revert never started"
-        time.sleep(0.05)
+    _wait_for_running_sleep(postgres_db, 3)
     first.kill()  # the server goes on and commits what it was sent
     first.wait()
     second = run_cli("migrations", "revert", str(tree), "--url", url, "--set", "bank", "--to", "1")
@@ -820,10 +822,7 @@ def test_statements_outside_a_files_own_transaction_are_counted_exactly(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while not ("filled" in db.tables() and db.query("SELECT count(*) FROM filled")[0][0] > 50):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.02)
+    _rows_in_filled(db, proc, 50)
     proc.kill()
     proc.wait()
     rows = db.query("SELECT count(*) FROM filled")[0][0]
@@ -973,18 +972,15 @@ def test_sigterm_cancels_like_ctrl_c(postgres_db: Database, tmp_path: Path) -> N
         stderr=subprocess.PIPE,
         text=True,
     )
-    query = (
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
-        "AND state = 'active' AND pid <> pg_backend_pid()"
-    )
-    deadline = time.monotonic() + 15
-    while postgres_db.query(query)[0][0] == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    _wait_for_running_sleep(postgres_db)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 143, err
-    assert postgres_db.query(query)[0][0] == 0  # cancelled on the server, not left running
+    still_running = (
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
+        "AND state = 'active' AND pid <> pg_backend_pid()"
+    )
+    assert postgres_db.query(still_running)[0][0] == 0  # cancelled on the server
     assert "s" not in postgres_db.tables()
 
 
