@@ -242,7 +242,8 @@ def apply(
 
     One run holds a database-wide lock from start to finish. Each migration runs in its
     own transaction together with its tracking row where the database allows it
-    (PostgreSQL, SQLite); elsewhere progress is recorded statement by statement.
+    (PostgreSQL, SQLite; on MySQL, migrations of plain DML); elsewhere progress is
+    recorded statement by statement, so a failure can be resumed with --resume.
     """
     from whimbrel import api
 
@@ -340,7 +341,8 @@ def mark(
     """Record a migration as applied or not applied, without running it.
 
     The recovery tool for a dirty migration: repair the database by hand, then record
-    the outcome. Also clears a dirty record.
+    the outcome. On an applied migration whose file you changed on purpose, --applied
+    records the file's new SHA-256 and keeps when it was applied.
     """
     from whimbrel import api
 

@@ -53,10 +53,6 @@ class Migration:
     down: Section | None  # None: irreversible
     down_file: str | None = None
 
-    @property
-    def label(self) -> str:
-        return self.file
-
 
 @dataclass(frozen=True, slots=True)
 class MigrationSet:

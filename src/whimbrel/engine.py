@@ -68,7 +68,6 @@ class Reporter(Protocol):
     def lock_waiting(self, holder: str | None) -> None: ...
     def step_started(self, step: Step) -> None: ...
     def step_finished(self, step: Step, outcome: StepOutcome) -> None: ...
-    def note(self, text: str) -> None: ...
 
 
 class NullReporter:
@@ -79,9 +78,6 @@ class NullReporter:
         pass
 
     def step_finished(self, step: Step, outcome: StepOutcome) -> None:
-        pass
-
-    def note(self, text: str) -> None:
         pass
 
 

@@ -231,9 +231,6 @@ class ProgressReporter:
         self.out.write(self._style(word, "red") + "\n")
         self.out.flush()
 
-    def note(self, text: str) -> None:
-        self.err.write(text + "\n")
-
 
 def print_run(result: RunResult, out: TextIO | None = None) -> None:
     out = out or sys.stdout

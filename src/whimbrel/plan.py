@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Literal
 
 from whimbrel.discovery import Migration, MigrationSet
-from whimbrel.drivers.base import APPLYING, TrackingRow
+from whimbrel.drivers.base import TrackingRow
 
 Status = Literal["applied", "pending", "modified", "missing", "dirty"]
 
@@ -39,10 +39,6 @@ class MigrationState:
     @property
     def applied_at(self) -> datetime | None:
         return self.row.applied_at if self.row else None
-
-    @property
-    def is_recorded(self) -> bool:
-        return self.row is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +97,3 @@ def compare(migration_set: MigrationSet, rows: list[TrackingRow] | None) -> SetS
             status = "applied"
         states.append(MigrationState(version=version, status=status, migration=migration, row=row))
     return SetState(set=migration_set, table_exists=rows is not None, migrations=tuple(states))
-
-
-def dirty_direction(state: MigrationState) -> str:
-    assert state.row is not None
-    return "apply" if state.row.status == APPLYING else "revert"

@@ -11,12 +11,14 @@ import contextlib
 import getpass
 import os
 import socket
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import ClassVar, NamedTuple
 
+from whimbrel.errors import DatabaseError
 from whimbrel.urls import DatabaseURL, Dialect
 
 # Columns of a tracking table, in order. A table with a different set of columns is not ours.
@@ -298,19 +300,36 @@ class Driver(ABC):
         )
 
     # -- running migrations -----------------------------------------------------------
-    @abstractmethod
+    begin_sql: ClassVar[str] = "BEGIN"
+
     def run_atomic(
         self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
     ) -> None:
         """Run `sql` and the tracking `writes` in one transaction; all or nothing.
 
-        `statements` is `sql` split into statements, for drivers that must send them one
-        by one; a driver that sends `sql` whole may receive None. Raises StatementError.
+        `statements` is `sql` split into statements; this default sends them one by one.
+        A driver that sends `sql` whole may receive None. Raises StatementError.
         """
+        assert statements is not None
+        started = time.perf_counter()
+        self.execute(self.begin_sql)
+        try:
+            for index, statement in enumerate(statements):
+                self.run_statement(statement, index)
+            try:
+                for write in with_duration(writes, time.perf_counter() - started):
+                    self.write(write)
+            except DatabaseError as exc:  # e.g. a trigger the migration put on our table
+                raise StatementError(exc.message, index=len(statements)) from None
+            self.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.rollback()
+            raise
 
     @abstractmethod
-    def run_statement(self, sql: str) -> None:
-        """Run one statement of a migration outside any transaction of ours."""
+    def run_statement(self, sql: str, index: int = 0) -> None:
+        """Run one statement of a migration; a StatementError carries `index`."""
 
     def can_wrap(self, sql: str) -> bool:
         """Whether this statement may run inside a transaction of ours."""
@@ -330,7 +349,7 @@ class Driver(ABC):
             self.run_statement(sql)
             self.update_progress(*progress)
             return
-        self.execute("BEGIN")
+        self.execute(self.begin_sql)
         try:
             self.run_statement(sql)
             self.update_progress(*progress)

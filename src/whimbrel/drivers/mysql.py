@@ -28,8 +28,6 @@ from whimbrel.drivers.base import (
     LockWaitCallback,
     Progress,
     StatementError,
-    TrackingWrite,
-    with_duration,
 )
 from whimbrel.errors import ConnectionFailed, DatabaseError, LockTimeout, UsageError
 from whimbrel.urls import DatabaseURL, redact
@@ -248,27 +246,6 @@ class MySQLDriver(Driver):
         )
 
     # -- running migrations -------------------------------------------------------------
-    def run_atomic(
-        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
-    ) -> None:
-        # Only DML is atomic on MySQL; the engine sends DDL through run_tracked instead.
-        assert statements is not None
-        started = time.perf_counter()
-        self.execute("BEGIN")
-        try:
-            for index, statement in enumerate(statements):
-                self._statement(statement, index)
-            try:
-                for write in with_duration(writes, time.perf_counter() - started):
-                    self.write(write)
-            except DatabaseError as exc:  # e.g. a trigger the migration put on our table
-                raise StatementError(exc.message, index=len(statements)) from None
-            self.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.rollback()
-            raise
-
     def can_run_atomically(self, statements: Sequence[str]) -> bool:
         # DDL commits implicitly; plain DML on InnoDB can commit with its tracking row.
         return all(_NO_IMPLICIT_COMMIT.match(s) for s in statements)
@@ -295,8 +272,8 @@ class MySQLDriver(Driver):
     def _run_sql_params(self, sql: str, params: Sequence[object]) -> str:
         return self.conn.cursor().mogrify(sql, tuple(params))
 
-    def run_statement(self, sql: str) -> None:
-        self._statement(sql, 0)
+    def run_statement(self, sql: str, index: int = 0) -> None:
+        self._statement(sql, index)
 
     def _statement(self, sql: str, index: int, *, body: str | None = None) -> None:
         import pymysql

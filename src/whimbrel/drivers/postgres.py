@@ -318,7 +318,7 @@ class PostgresDriver(Driver):
             self._message(result), index=index, position=offset, sqlstate=self._sqlstate(result)
         )
 
-    def run_statement(self, sql: str) -> None:
+    def run_statement(self, sql: str, index: int = 0) -> None:
         results = self._send(sql)
         error = self._first_error(results)
         if error is None:
@@ -327,7 +327,7 @@ class PostgresDriver(Driver):
         position = self._position(result)
         raise StatementError(
             self._message(result),
-            index=0,
+            index=index,
             position=position if position is not None and position < len(sql) else None,
             sqlstate=self._sqlstate(result),
         )

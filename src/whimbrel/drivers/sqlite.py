@@ -19,9 +19,7 @@ from whimbrel.drivers.base import (
     Driver,
     LockWaitCallback,
     StatementError,
-    TrackingWrite,
     client_identity,
-    with_duration,
 )
 from whimbrel.errors import ConnectionFailed, DatabaseError, LockTimeout
 from whimbrel.urls import DatabaseURL
@@ -33,6 +31,7 @@ _NO_TRANSACTION = re.compile(r"(?:vacuum|pragma)\b", re.IGNORECASE)
 class SQLiteDriver(Driver):
     dialect: ClassVar = "sqlite"
     transactional_ddl: ClassVar = True
+    begin_sql: ClassVar = "BEGIN IMMEDIATE"  # take the write lock before the first statement
 
     def __init__(self, url: DatabaseURL, *, create: bool, busy_timeout: float) -> None:
         super().__init__(url)
@@ -163,28 +162,6 @@ class SQLiteDriver(Driver):
         )
 
     # -- running migrations -------------------------------------------------------------
-    def run_atomic(
-        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
-    ) -> None:
-        assert statements is not None
-        started = time.perf_counter()
-        self.execute("BEGIN IMMEDIATE")  # a busy database is a DatabaseError, not a traceback
-        try:
-            for index, statement in enumerate(statements):
-                self._statement(statement, index)
-            try:
-                for write in with_duration(writes, time.perf_counter() - started):
-                    self.write(write)
-            except DatabaseError as exc:  # e.g. a trigger the migration put on our table
-                raise StatementError(exc.message, index=len(statements)) from None
-            self.execute("COMMIT")
-        except BaseException:
-            self.rollback()
-            raise
-
-    def run_statement(self, sql: str) -> None:
-        self._statement(sql, 0)
-
     def can_wrap(self, sql: str) -> bool:
         # VACUUM fails in a transaction, and some PRAGMAs silently do nothing there.
         return _NO_TRANSACTION.match(sql) is None
@@ -201,7 +178,7 @@ class SQLiteDriver(Driver):
         self.conn.close()
         self.conn = self._connect()
 
-    def _statement(self, sql: str, index: int) -> None:
+    def run_statement(self, sql: str, index: int = 0) -> None:
         try:
             self.conn.execute(sql)
         except sqlite3.Error as exc:
