@@ -3,12 +3,15 @@ and the real CLI started in the background."""
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from conftest import (
     MYSQL_URL,
@@ -105,3 +108,24 @@ def spawn(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def read_until(stream: IO[str] | None, text: str, timeout: float = 30) -> str:
+    """Read a child's pipe until `text` shows up (bounded); return what was read.
+
+    Reads the raw descriptor, because progress lines ("applying x ... ") end without a
+    newline until the migration finishes.
+    """
+    assert stream is not None
+    fd = stream.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text.encode() not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out waiting for {text!r}; got {seen.decode(errors='replace')!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the output closed before {text!r}: {seen!r}"
+            seen += chunk
+    return seen.decode(errors="replace")
