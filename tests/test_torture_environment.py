@@ -134,6 +134,22 @@ def test_wrong_password_on_postgres(fake_postgres: _FakePostgres, tmp_path: Path
     assert SECRET.encode() in fake_postgres.received  # the password did reach the server
 
 
+def test_postgres_role_that_may_not_log_in(postgres_db: Database, tmp_path: Path) -> None:
+    # The real server's own refusal of a login, with a password in the URL.
+    role = f"wb_nologin_{uuid.uuid4().hex[:8]}"
+    postgres_db.query(f"CREATE ROLE {role} NOLOGIN PASSWORD '{SECRET}'")
+    try:
+        url = _with_user(postgres_db.url, role)
+        result = run_cli("migrations", "apply", str(_tree(tmp_path)), "--url", url)
+        assert result.returncode == 6, result.stderr
+        assert f"cannot connect to postgresql://{role}:***@127.0.0.1" in result.stderr
+        assert f'role "{role}" is not permitted to log in' in result.stderr
+        _assert_hidden(result)
+        assert "app" not in postgres_db.tables()
+    finally:
+        postgres_db.query(f"DROP ROLE {role}")
+
+
 # -- hosts that never answer, or answer nonsense ------------------------------------------
 class _Listener:
     """A local TCP port that accepts connections and then stays silent, or talks nonsense."""
@@ -264,34 +280,36 @@ def test_read_only_mysql_user(mysql_db: Database, tmp_path: Path) -> None:
 
 
 # -- the database disappears mid-run ----------------------------------------------------------
-SLEEPY = {
-    dialect: f"CREATE TABLE env_b (id INT);\nSELECT {sleep}(30);\nCREATE TABLE env_c (id INT);\n"
-    for dialect, sleep in (("postgres", "pg_sleep"), ("mysql", "SLEEP"))
-}
+SLEEP = {"postgres": "pg_sleep", "mysql": "SLEEP"}
 
 
-def _start_sleepy_run(db: Database, tmp_path: Path) -> tuple[Path, subprocess.Popen[str]]:
+def _start_sleepy_run(
+    db: Database, tmp_path: Path, seconds: int = 30
+) -> tuple[Path, subprocess.Popen[str], str]:
+    sleepy = (
+        f"CREATE TABLE env_b (id INT);\nSELECT {SLEEP[db.dialect]}({seconds});\n"
+        "CREATE TABLE env_c (id INT);\n"
+    )
     tree = write_tree(
-        tmp_path / "app",
-        {"1_a.up.sql": "CREATE TABLE env_a (id INT);", "2_sleepy.up.sql": SLEEPY[db.dialect]},
+        tmp_path / "app", {"1_a.up.sql": "CREATE TABLE env_a (id INT);", "2_sleepy.up.sql": sleepy}
     )
     url = _with_user(db.url, "postgres" if db.dialect == "postgres" else "root", QUOTED_SECRET)
     if db.dialect == "mysql":
         url = db.url  # root has no password here; the secret would be refused
     proc = spawn("migrations", "apply", str(tree), "--url", url)
-    read_until(proc.stdout, "applying 2_sleepy.up.sql")
-    return tree, proc
+    seen = read_until(proc.stdout, "applying 2_sleepy.up.sql")
+    return tree, proc, seen
 
 
-def _migration_backend(db: Database) -> int:
+def _migration_backend(db: Database, seconds: int = 30) -> int:
     if db.dialect == "postgres":
         sql = (
             "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND "
-            "query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()"
+            f"query LIKE '%pg_sleep({seconds})%' AND pid <> pg_backend_pid()"
         )
     else:
         sql = (
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE '%SLEEP(30)%' "
+            f"SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE '%SLEEP({seconds})%' "
             "AND ID <> CONNECTION_ID()"
         )
     found: list[int] = []
@@ -309,7 +327,7 @@ def test_connection_killed_mid_migration(
     engine: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     db: Database = request.getfixturevalue(f"{engine}_db")
-    tree, proc = _start_sleepy_run(db, tmp_path)
+    tree, proc, seen = _start_sleepy_run(db, tmp_path)
     backend = _migration_backend(db)
     if engine == "postgres":
         db.query("SELECT pg_terminate_backend(%s)", (backend,))
@@ -317,6 +335,7 @@ def test_connection_killed_mid_migration(
         db.query(f"KILL {int(backend)}")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 6, out + err
+    assert (seen + out).endswith("app: applying 2_sleepy.up.sql ... FAILED\n")  # the line is closed
     assert "lost the connection to" in err
     assert "while running 2_sleepy.up.sql of set 'app'" in err
     _assert_hidden(out + err)
@@ -337,19 +356,42 @@ def test_connection_killed_mid_migration(
     assert inspected.returncode == (3 if rerun_ok else 4), inspected.stdout + inspected.stderr
 
 
-def test_postgres_database_dropped_mid_migration(postgres_db: Database, tmp_path: Path) -> None:
-    import psycopg
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_database_dropped_mid_migration(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from conftest import MYSQL_URL, POSTGRES_URL
 
-    from conftest import POSTGRES_URL
+    db: Database = request.getfixturevalue(f"{engine}_db")
+    # MariaDB drops the database at once but lets the running statement finish: keep it short.
+    tree, proc, seen = _start_sleepy_run(db, tmp_path, seconds=30 if engine == "postgres" else 3)
+    _migration_backend(db, seconds=30 if engine == "postgres" else 3)
+    if engine == "postgres":
+        import psycopg
 
-    tree, proc = _start_sleepy_run(postgres_db, tmp_path)
-    _migration_backend(postgres_db)
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{postgres_db.name}" WITH (FORCE)')
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{db.name}" WITH (FORCE)')
+    else:
+        import pymysql
+
+        from conftest import _mysql_kwargs
+
+        admin = pymysql.connect(**_mysql_kwargs(MYSQL_URL), autocommit=True)
+        with admin, admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE `{db.name}`")
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 6, out + err
-    assert "lost the connection to" in err
     _assert_hidden(out + err)
-    gone = run_cli("migrations", "inspect", str(tree), "--url", postgres_db.url)
-    assert gone.returncode == 6
-    assert f'database "{postgres_db.name}" does not exist' in gone.stderr
+    assert (seen + out).endswith("app: applying 2_sleepy.up.sql ... FAILED\n")
+    if engine == "postgres":
+        assert proc.returncode == 6, out + err
+        assert "lost the connection to" in err
+    else:
+        # The statement finished; recording it found no tracking table any more.
+        assert proc.returncode == 9, out + err
+        assert "recording 2_sleepy.up.sql in the tracking table 'app'" in err
+        assert "doesn't exist" in err
+    assert "while running 2_sleepy.up.sql of set 'app'" in err
+    gone = run_cli("migrations", "inspect", str(tree), "--url", db.url)
+    assert gone.returncode == 6, gone.stderr
+    missing = f'database "{db.name}" does not exist' if engine == "postgres" else "Unknown database"
+    assert missing in gone.stderr
