@@ -80,14 +80,13 @@ class PostgresDriver(Driver):
         self.lock_conn: psycopg.Connection[tuple[object, ...]] | None = None
         # If whimbrel dies mid-migration, the server would otherwise run what it was sent to
         # its COMMIT; polling the client socket makes it abort instead (PostgreSQL 14+).
+        # Set in the same round trip as the schema query, and again after every RESET ALL.
+        watch = self.conn.info.server_version >= 140000
         self._watch_client = (
-            f"; SET client_connection_check_interval = {CLIENT_CHECK_MS}"
-            if self.conn.info.server_version >= 140000
-            else ""
+            f"; SET client_connection_check_interval = {CLIENT_CHECK_MS}" if watch else ""
         )
-        if self._watch_client:
-            self.execute(self._watch_client.lstrip("; "))
-        schema = self.fetch("SELECT current_schema()")[0][0]
+        check = f", set_config('client_connection_check_interval', '{CLIENT_CHECK_MS}', false)"
+        schema = self.fetch("SELECT current_schema()" + (check if watch else ""))[0][0]
         if schema is None:
             self.conn.close()
             raise RefusedError(
