@@ -395,3 +395,14 @@ def test_database_dropped_mid_migration(
     assert gone.returncode == 6, gone.stderr
     missing = f'database "{db.name}" does not exist' if engine == "postgres" else "Unknown database"
     assert missing in gone.stderr
+
+
+@pytest.mark.parametrize("password", ["Pa[ssw0rd", "ab[secretpart]cd"])
+def test_brackets_in_an_unencoded_password_are_a_usage_error(password: str, tmp_path: Path) -> None:
+    # urlsplit reads [...] as an IPv6 host: a traceback quoting it, before this was caught.
+    url = f"postgres://app:{password}@127.0.0.1:5432/db"
+    result = run_cli("migrations", "inspect", str(_tree(tmp_path)), "--url", url)
+    assert result.returncode == 2, result.stderr
+    assert "percent-encode them: %5B, %5D" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert password not in result.stderr and "secretpart" not in result.stderr
