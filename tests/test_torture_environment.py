@@ -406,3 +406,20 @@ def test_brackets_in_an_unencoded_password_are_a_usage_error(password: str, tmp_
     assert "percent-encode them: %5B, %5D" in result.stderr
     assert "Traceback" not in result.stderr
     assert password not in result.stderr and "secretpart" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("text", "file is not a database"), ("folder", "unable to open database file")],
+)
+def test_sqlite_path_that_is_not_a_database(content: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "not.db"
+    if content == "folder":
+        path.mkdir()
+    else:
+        path.write_text("hello, I am not a database\n" * 100)
+    for command in ("inspect", "apply"):
+        result = run_cli("migrations", command, str(_tree(tmp_path)), "--url", f"sqlite:///{path}")
+        assert result.returncode == 6, result.stderr
+        assert f"cannot open SQLite database {path}: {message}" in result.stderr
+        assert "Traceback" not in result.stderr
