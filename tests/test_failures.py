@@ -795,11 +795,13 @@ def test_killed_revert_is_not_run_twice(postgres_db: Database, tmp_path: Path) -
         stderr=subprocess.DEVNULL,
     )
     _wait_for_running_sleep(postgres_db, 3)
-    first.kill()  # the server goes on and commits what it was sent
+    first.kill()
     first.wait()
+    # The server notices the dead client within client_connection_check_interval and rolls
+    # the revert back; until then the work lock keeps the second run waiting. Either way
+    # the revert happens exactly once.
     second = run_cli("migrations", "revert", str(tree), "--url", url, "--set", "bank", "--to", "1")
     assert second.returncode == 0, second.stderr
-    assert "waiting for the migration lock" in second.stderr
     assert postgres_db.query("SELECT bal FROM acct") == [(1000,)]
     assert [r[0] for r in postgres_db.tracking("bank")] == [1]
 

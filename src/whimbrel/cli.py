@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from whimbrel import __version__
-from whimbrel.errors import ExitCode, Interrupted, MigrationFailed, UsageError, WhimbrelError
+from whimbrel.errors import ExitCode, Interrupted, UsageError, WhimbrelError
 from whimbrel.urls import DatabaseURL, parse_url, redact
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def _run_and_report(
     try:
         result = command(*args, reporter=reporter, **kwargs)
     except WhimbrelError as exc:
-        if reporter is not None and isinstance(exc, MigrationFailed):
+        if reporter is not None:  # also a lost connection or a refused tracking write
             reporter.failed()
         if as_json:
             # A script still learns what this run did before it failed.

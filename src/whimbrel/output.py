@@ -206,6 +206,7 @@ class ProgressReporter:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.colour = self.out.isatty()
+        self._line_open = False  # a step's line awaits its outcome
 
     def _style(self, text: str, colour: str) -> str:
         return click.style(text, fg=colour) if self.colour else text
@@ -220,16 +221,22 @@ class ProgressReporter:
         resumed = f" from statement {step.resume_from + 1}" if step.resume_from else ""
         self.out.write(f"{step.set_name}: {verb} {step.file}{resumed} ... ")
         self.out.flush()
+        self._line_open = True
 
     def step_finished(self, step: Step, outcome: StepOutcome) -> None:
         assert outcome.duration_ms is not None
         word = "applied" if step.direction == "up" else "reverted"
         self.out.write(f"{self._style(word, 'green')} in {_format_ms(outcome.duration_ms)}\n")
         self.out.flush()
+        self._line_open = False
 
     def failed(self, word: str = "FAILED") -> None:
+        """End the running step's line; nothing when no step is running."""
+        if not self._line_open:
+            return
         self.out.write(self._style(word, "red") + "\n")
         self.out.flush()
+        self._line_open = False
 
 
 def print_run(result: RunResult, out: TextIO | None = None) -> None:

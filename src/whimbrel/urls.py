@@ -89,7 +89,15 @@ def parse_url(url: str) -> DatabaseURL:
     if dialect == "sqlite":
         return DatabaseURL(dialect="sqlite", raw=url, path=_sqlite_path(url, rest))
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018  (checks a bracketed [IPv6] host)
+    except ValueError:
+        # Never echo the URL: an unencoded '[' or ']' in the password lands here.
+        raise UsageError(
+            f"the {scheme} URL cannot be read (if the password holds '[', ']', '@', '/' or "
+            "':', percent-encode them: %5B, %5D, %40, %2F, %3A)"
+        ) from None
     if parts.fragment:
         raise UsageError(f"database URL {redact(url)!r} has a fragment ('#'); remove it")
     try:

@@ -85,9 +85,18 @@ class MySQLDriver(Driver):
         import pymysql
 
         try:
-            return pymysql.connect(**self._connect_kwargs)  # type: ignore[call-overload, no-any-return]
+            # PyMySQL bounds only the TCP connect by connect_timeout; waiting for the server's
+            # greeting and the login is bounded by read_timeout, so a peer that accepts and
+            # stays silent would hang us. Bound them both, then lift it for the statements.
+            timeout = self._connect_kwargs["connect_timeout"]
+            conn = pymysql.connect(**self._connect_kwargs, read_timeout=timeout)  # type: ignore[call-overload]
         except pymysql.MySQLError as exc:
             raise ConnectionFailed(f"cannot connect to {self.url}: {self._describe(exc)}") from None
+        conn._read_timeout = None
+        if hasattr(conn, "_current_timeout"):  # PyMySQL >= 1.1.1 re-applies it lazily
+            conn._current_timeout = None
+        conn._sock.settimeout(None)
+        return conn  # type: ignore[no-any-return]
 
     def _describe(self, exc: BaseException) -> str:
         args: tuple[object, ...] = getattr(exc, "args", ())

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 # One advisory lock per database for every whimbrel run, whatever the sets.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"whimbrel migrations").digest()[:8], "big", signed=True)
 WORK_KEY = int.from_bytes(hashlib.sha256(b"whimbrel work").digest()[:8], "big", signed=True)
+CLIENT_CHECK_MS = 1000
 
 # Statements PostgreSQL refuses inside a transaction block.
 _NO_TRANSACTION = re.compile(
@@ -77,7 +78,15 @@ class PostgresDriver(Driver):
             self._connect_kwargs["application_name"] = application_name[:63]
         self.conn = self._connect()
         self.lock_conn: psycopg.Connection[tuple[object, ...]] | None = None
-        schema = self.fetch("SELECT current_schema()")[0][0]
+        # If whimbrel dies mid-migration, the server would otherwise run what it was sent to
+        # its COMMIT; polling the client socket makes it abort instead (PostgreSQL 14+).
+        # Set in the same round trip as the schema query, and again after every RESET ALL.
+        watch = self.conn.info.server_version >= 140000
+        self._watch_client = (
+            f"; SET client_connection_check_interval = {CLIENT_CHECK_MS}" if watch else ""
+        )
+        check = f", set_config('client_connection_check_interval', '{CLIENT_CHECK_MS}', false)"
+        schema = self.fetch("SELECT current_schema()" + (check if watch else ""))[0][0]
         if schema is None:
             self.conn.close()
             raise RefusedError(
@@ -347,7 +356,7 @@ class PostgresDriver(Driver):
     def reset_session(self) -> None:
         # Back to the connection's own user and settings (including ?options= of the URL);
         # RESET ALL alone leaves a SET ROLE in force.
-        self.execute("RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL")
+        self.execute("RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL" + self._watch_client)
 
     def after_migration(self, changed_session: bool) -> None:
         # Cheap enough to do always: catches SETs hidden in DO blocks and functions.

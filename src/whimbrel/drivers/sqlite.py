@@ -48,8 +48,15 @@ class SQLiteDriver(Driver):
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout)
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            except sqlite3.OperationalError as exc:
+                # Locked by a writer (another run's long migration): it is a database. Do not
+                # wait here; the run lock's wait comes next and says who holds it.
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise
+            conn.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout * 1000)}")
         except sqlite3.Error as exc:
             raise ConnectionFailed(f"cannot open SQLite database {self.path}: {exc}") from None
         # A query runs in C; calling back into Python now and then lets Ctrl-C through.
