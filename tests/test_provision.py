@@ -1,0 +1,155 @@
+"""Provisioning: create, drop and wait for databases on the real servers, and the CLI on top."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from conftest import EXAMPLES, MYSQL_URL, POSTGRES_URL, run_cli, unreachable
+from whimbrel import provision
+from whimbrel.errors import ConnectionFailed, ExitCode, UsageError
+
+
+def _server_url(dialect: str) -> str:
+    return POSTGRES_URL if dialect == "postgres" else MYSQL_URL
+
+
+def _url_for(dialect: str, name: str, tmp_path: Path) -> str:
+    if dialect == "sqlite":
+        return f"sqlite:///{tmp_path / name}.db"
+    base, _, _ = _server_url(dialect).rpartition("/")
+    return f"{base}/{quote(name, safe='')}"
+
+
+@pytest.fixture(params=("sqlite", "postgres", "mysql"))
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(dialect, URL) of a database that does not exist yet; dropped after the test.
+
+    The name needs quoting on every server: uppercase, a space, a dash and a quote.
+    """
+    dialect = request.param
+    name = f'whimbrel T-{uuid.uuid4().hex[:8]} "q'
+    if dialect == "mysql":
+        name = name.replace('"', "`")  # a backtick must be doubled inside `...`
+    url = _url_for(dialect, name, tmp_path)
+    if dialect != "sqlite":
+        try:
+            provision.wait_until_ready(_server_url(dialect), timeout=0, need_database=False)
+        except ConnectionFailed as exc:
+            unreachable(dialect, exc)
+    try:
+        yield dialect, url
+    finally:
+        provision.drop_database(url)
+
+
+def _close_quietly(conn: object) -> None:
+    with contextlib.suppress(Exception):  # the server ended it
+        conn.close()  # type: ignore[attr-defined]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_create_exists_drop(fresh_url: tuple[str, str]) -> None:
+    _, url = fresh_url
+    assert provision.database_exists(url) is False
+    assert provision.create_database(url) is True
+    assert provision.database_exists(url) is True
+    assert provision.create_database(url) is False  # already there: not an error
+    # whimbrel can migrate the new database.
+    applied = run_cli("migrations", "apply", str(EXAMPLES / "ftl/db"), "--url", url)
+    assert applied.returncode == 0, applied.stderr
+    assert provision.drop_database(url) is True
+    assert provision.database_exists(url) is False
+    assert provision.drop_database(url) is False
+
+
+def test_drop_ends_other_sessions(fresh_url: tuple[str, str]) -> None:
+    """A test's leftover connection (here inside an open transaction) does not block drop."""
+    dialect, url = fresh_url
+    provision.create_database(url)
+    with contextlib.ExitStack() as stack:
+        if dialect == "postgres":
+            import psycopg
+
+            conn = psycopg.connect(url)
+            stack.callback(_close_quietly, conn)
+            conn.execute("CREATE TABLE t (id int)")  # leaves a transaction open
+        elif dialect == "mysql":
+            import pymysql
+
+            conn2 = pymysql.connect(
+                host="127.0.0.1", user="root", database=provision.database_name(url)
+            )
+            stack.callback(_close_quietly, conn2)
+            with conn2.cursor() as cur:
+                cur.execute("CREATE TABLE t (id int)")
+                cur.execute("BEGIN")
+                cur.execute("INSERT INTO t VALUES (1)")  # holds a metadata lock on t
+        else:
+            import sqlite3
+
+            conn3 = sqlite3.connect(provision.database_name(url))
+            stack.callback(conn3.close)
+            conn3.execute("CREATE TABLE t (id int)")
+        started = time.monotonic()
+        assert provision.drop_database(url) is True
+        assert time.monotonic() - started < 30
+    assert provision.database_exists(url) is False
+
+
+def test_wait_for_a_closed_port_times_out_with_the_last_error() -> None:
+    url = f"postgresql://whim:s3cret-pw@127.0.0.1:{free_port()}/appdb"
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed) as info:
+        provision.wait_until_ready(url, timeout=1.5)
+    elapsed = time.monotonic() - started
+    assert 1.5 <= elapsed < 10
+    message = info.value.message
+    assert "gave up after 1.5 s" in message
+    assert "127.0.0.1" in message and "appdb" in message
+    assert "refused" in message.lower()
+    assert "s3cret-pw" not in message
+    assert info.value.exit_code == ExitCode.CONNECTION
+
+
+def test_wait_for_a_closed_mysql_port() -> None:
+    url = f"mysql://root:s3cret-pw@127.0.0.1:{free_port()}/appdb"
+    with pytest.raises(ConnectionFailed) as info:
+        provision.wait_until_ready(url, timeout=1)
+    assert "2003" in info.value.message  # PyMySQL's "can't connect"
+    assert "s3cret-pw" not in info.value.message
+
+
+def test_wait_retries_until_the_database_appears(fresh_url: tuple[str, str]) -> None:
+    """The server is up but the database is missing: ready for --create-db, not otherwise."""
+    _, url = fresh_url
+    ready = provision.wait_until_ready(url, timeout=5, need_database=False)
+    assert ready.database_exists is False and ready.attempts == 1
+    errors: list[str] = []
+    with pytest.raises(ConnectionFailed) as info:
+        provision.wait_until_ready(url, timeout=0.5, on_retry=errors.append)
+    assert "does not exist" in info.value.message
+    assert "--create-db" in info.value.message
+    assert len(errors) >= 2  # it retried
+    provision.create_database(url)
+    ready = provision.wait_until_ready(url, timeout=5)
+    assert ready.database_exists is True and ready.attempts == 1
+
+
+def test_url_without_a_database_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="names no database"):
+        provision.create_database("mysql://root@127.0.0.1:3306")
+    with pytest.raises(UsageError, match="names no database"):
+        provision.wait_until_ready("mysql://root@127.0.0.1:3306/", timeout=5)
