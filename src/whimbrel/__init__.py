@@ -20,6 +20,7 @@ __all__ = [
     "load_sets",
     "mark",
     "revert",
+    "watch",
 ]
 
 _LAZY = {
@@ -31,12 +32,14 @@ _LAZY = {
     "discover": "whimbrel.discovery",
     "ExitCode": "whimbrel.errors",
     "WhimbrelError": "whimbrel.errors",
+    "watch": "whimbrel.watcher",  # the module is not named watch: it would shadow this
 }
 
 if TYPE_CHECKING:
     from whimbrel.api import apply, inspect, load_sets, mark, revert
     from whimbrel.discovery import discover
     from whimbrel.errors import ExitCode, WhimbrelError
+    from whimbrel.watcher import watch
 
 
 def __dir__() -> list[str]:

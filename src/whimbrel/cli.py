@@ -361,6 +361,88 @@ def mark(
     click.echo(message)
 
 
+# -- watch (development) ----------------------------------------------------------------
+WATCH_EXIT_CODES_HELP = """\b
+Exit codes:
+  0   stopped with Ctrl-C (or SIGTERM) while watching
+  2   usage error (bad option or URL)
+  5   PATH does not exist or is not a folder
+  6   cannot connect to the database at start
+  9   the database could not be created at start
+  130 Ctrl-C interrupted a running migration (reported as apply does)
+A failing cycle (invalid file, failing statement, lost connection) never ends watching.
+"""
+
+
+@migrations.command(epilog=WATCH_EXIT_CODES_HELP)
+@path_argument
+@url_option
+@sets_option
+@click.option(
+    "--reset",
+    is_flag=True,
+    help="When an applied migration changed: drop and recreate the whole database, then "
+    "apply everything (default: revert back to just before it, then apply again).",
+)
+@lock_timeout
+@timeouts
+def watch(
+    path: str,
+    url: str | None,
+    only_sets: tuple[str, ...],
+    reset: bool,
+    lock_timeout: float,
+    connect_timeout: float,
+) -> None:
+    """Development: apply, then re-apply as migration files under PATH are saved.
+
+    Creates the database if it does not exist. A new migration is applied as soon as it is
+    saved. When an applied migration's file changes (or is deleted, or a new file is older
+    than the newest applied one), the set is reverted to just before it with the down
+    sections recorded when each was applied, then applied again; with --reset, the database
+    is dropped and recreated instead. Each reconciliation is announced on a line starting
+    with "==>". A broken file is reported and the next save retries. Not for production.
+    """
+    from whimbrel import output as render
+    from whimbrel.watcher import WatchEvent
+    from whimbrel.watcher import watch as run_watch
+
+    reporter = render.ProgressReporter()
+    colour = sys.stdout.isatty()
+
+    def show(event: WatchEvent) -> None:
+        if event.kind == "error":
+            if isinstance(event.error, MigrationFailed):
+                reporter.failed()
+            click.echo(redact(f"error: {event.message}", _secrets), err=True)
+            click.echo("(still watching: fix the file and save it to retry)", err=True)
+        elif event.kind == "reconcile":
+            click.echo(
+                click.style(event.message, fg="yellow", bold=True) if colour else event.message
+            )
+        else:
+            click.echo(redact(event.message, _secrets))
+
+    try:
+        run_watch(
+            path,
+            _parse(url),
+            reset=reset,
+            sets=only_sets or None,
+            on_event=show,
+            reporter=reporter,
+            lock_timeout=lock_timeout,
+            connect_timeout=connect_timeout,
+        )
+    except WhimbrelError as exc:
+        _fail(exc)
+    except Interrupted:
+        raise  # a migration was running: report it as apply does (exit 130)
+    except KeyboardInterrupt:
+        click.echo("stopped watching")
+        sys.exit(ExitCode.OK)
+
+
 _signal_received: list[int] = []
 
 
