@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from conftest import EXAMPLES, MYSQL_URL, POSTGRES_URL, run_cli, unreachable
-from whimbrel import provision
+from whimbrel import provisioning as provision
 from whimbrel.errors import ConnectionFailed, ExitCode, UsageError
 
 

@@ -12,14 +12,25 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ExitCode",
+    "InvalidManifestError",
+    "ManifestMismatch",
+    "ProvisionResult",
     "WhimbrelError",
     "__version__",
     "apply",
+    "bundle",
+    "create_database",
+    "database_exists",
     "discover",
+    "drop_database",
     "inspect",
     "load_sets",
+    "manifest",
     "mark",
+    "provision",
     "revert",
+    "verify_manifest",
+    "wait_until_ready",
     "watch",
 ]
 
@@ -33,12 +44,41 @@ _LAZY = {
     "ExitCode": "whimbrel.errors",
     "WhimbrelError": "whimbrel.errors",
     "watch": "whimbrel.watcher",  # the module is not named watch: it would shadow this
+    # Likewise the modules are manifests, bundles and provisioning, not manifest...
+    "manifest": "whimbrel.api",
+    "verify_manifest": "whimbrel.api",
+    "bundle": "whimbrel.api",
+    "provision": "whimbrel.api",
+    "ProvisionResult": "whimbrel.api",
+    "ManifestMismatch": "whimbrel.errors",
+    "InvalidManifestError": "whimbrel.errors",
+    "create_database": "whimbrel.provisioning",
+    "drop_database": "whimbrel.provisioning",
+    "database_exists": "whimbrel.provisioning",
+    "wait_until_ready": "whimbrel.provisioning",
 }
 
 if TYPE_CHECKING:
-    from whimbrel.api import apply, inspect, load_sets, mark, revert
+    from whimbrel.api import (
+        ProvisionResult,
+        apply,
+        bundle,
+        inspect,
+        load_sets,
+        manifest,
+        mark,
+        provision,
+        revert,
+        verify_manifest,
+    )
     from whimbrel.discovery import discover
-    from whimbrel.errors import ExitCode, WhimbrelError
+    from whimbrel.errors import ExitCode, InvalidManifestError, ManifestMismatch, WhimbrelError
+    from whimbrel.provisioning import (
+        create_database,
+        database_exists,
+        drop_database,
+        wait_until_ready,
+    )
     from whimbrel.watcher import watch
 
 

@@ -23,8 +23,8 @@ from whimbrel.source import ManifestCheck, open_sets
 from whimbrel.urls import DatabaseURL, parse_url
 
 if TYPE_CHECKING:
-    from whimbrel.bundle import BundleInfo
-    from whimbrel.manifest import Manifest
+    from whimbrel.bundles import BundleInfo
+    from whimbrel.manifests import Manifest
 
 __all__ = [
     "ProvisionResult",
@@ -240,7 +240,7 @@ def _ready(
     seconds = _wait_seconds(wait)
     if seconds is None and not create_db:
         return False, True
-    from whimbrel import provision as prov
+    from whimbrel import provisioning as prov
 
     if seconds is not None:
         _note(reporter, f"waiting up to {seconds:g} s for {url} ...")
@@ -309,7 +309,7 @@ def manifest(
     unchanged (else ManifestMismatch). Its own references are looked up in `store`
     (default: its folder).
     """
-    from whimbrel import manifest as manifests
+    from whimbrel import manifests
 
     try:
         return manifests.build(
@@ -349,7 +349,7 @@ def bundle(
     sets: Sequence[str] | None = None,
 ) -> BundleInfo:
     """Write one deterministic tar archive of the sets under `path` plus their manifest."""
-    from whimbrel import bundle as bundles
+    from whimbrel import bundles
 
     try:
         return bundles.write(path, output, engine=_engine_name(engine, url), sets=sets)
@@ -390,7 +390,7 @@ def provision(
     `wait_timeout` seconds for the server, creates the database if missing (`create_db`),
     and applies every pending migration strictly (no drift, no out-of-order).
     """
-    from whimbrel import provision as prov
+    from whimbrel import provisioning as prov
 
     parsed = _url(url)
     result = ProvisionResult(

@@ -51,7 +51,7 @@ def verify_manifest(
     The store of earlier manifests defaults to the manifest's own folder. Raises
     ManifestMismatch (exit 10) or InvalidManifestError (exit 11).
     """
-    from whimbrel import manifest as manifests
+    from whimbrel import manifests
 
     loaded = manifests.load(manifest)
     folder = store if store is not None else Path(os.path.abspath(manifest)).parent
@@ -85,7 +85,7 @@ def open_sets(
         bundle_path = None
         verified: list[ManifestCheck] = []
         if root.is_file():
-            from whimbrel import bundle
+            from whimbrel import bundles as bundle
 
             root, embedded, files = stack.enter_context(bundle.extracted(path, dialect=dialect))
             bundle_path = os.fspath(path)

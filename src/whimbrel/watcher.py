@@ -172,7 +172,7 @@ def sync(
                 reconcile=reconcile,
             )
         )
-        from whimbrel import provision
+        from whimbrel import provisioning as provision
 
         provision.drop_database(db_url, connect_timeout=connect_timeout)
         provision.create_database(db_url, connect_timeout=connect_timeout)
@@ -307,7 +307,7 @@ def watch(
         raise InvalidMigrationsError(f"migrations path {root} does not exist or is not a folder")
     db_url = _parse(url)
     if create:
-        from whimbrel import provision
+        from whimbrel import provisioning as provision
 
         if provision.create_database(db_url, connect_timeout=connect_timeout):
             notify(WatchEvent("created", f"created database {db_url.display_name}"))

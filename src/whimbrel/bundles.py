@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from whimbrel import manifest as manifests
+from whimbrel import manifests
 from whimbrel.discovery import SAFE_SET_NAME, _scan, looks_like_migration
 from whimbrel.errors import InvalidManifestError, UsageError
 
