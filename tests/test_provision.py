@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 import uuid
@@ -12,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import EXAMPLES, MYSQL_URL, POSTGRES_URL, run_cli, unreachable
+from conftest import EXAMPLES, MYSQL_URL, POSTGRES_URL, Database, run_cli, unreachable
 from whimbrel import provisioning as provision
 from whimbrel.errors import ConnectionFailed, ExitCode, UsageError
 
@@ -153,3 +154,99 @@ def test_url_without_a_database_is_a_usage_error() -> None:
         provision.create_database("mysql://root@127.0.0.1:3306")
     with pytest.raises(UsageError, match="names no database"):
         provision.wait_until_ready("mysql://root@127.0.0.1:3306/", timeout=5)
+
+
+def test_create_database_refused_reports_without_password(postgres_db: Database) -> None:
+    """A role without CREATEDB gets exit-9 DatabaseError, and the password stays hidden."""
+    role = f"whimbrel_r_{uuid.uuid4().hex[:8]}"
+    postgres_db.query(f"CREATE ROLE {role} LOGIN PASSWORD 'r0le-secret'")
+    try:
+        base = POSTGRES_URL.split("://", 1)[1].split("@", 1)[1].rpartition("/")[0]
+        url = f"postgresql://{role}:r0le-secret@{base}/whimbrel_never_{uuid.uuid4().hex[:6]}"
+        result = run_cli(
+            "migrations", "apply", str(EXAMPLES / "ftl/db"), "--url", url, "--create-db"
+        )
+        assert result.returncode == ExitCode.DATABASE_ERROR, result.stderr
+        assert "cannot create database" in result.stderr
+        assert "r0le-secret" not in result.stderr + result.stdout
+    finally:
+        postgres_db.query(f"DROP ROLE {role}")
+
+
+# -- the CLI ------------------------------------------------------------------------------
+def test_apply_create_db_and_wait(fresh_url: tuple[str, str]) -> None:
+    dialect, url = fresh_url
+    missing = run_cli(
+        "migrations",
+        "apply",
+        str(EXAMPLES / "ftl/db"),
+        "--url",
+        url,
+        "--wait",
+        "--wait-timeout",
+        "1",
+    )
+    if dialect == "sqlite":
+        # apply always creates a missing SQLite file; --wait waits only for its folder.
+        assert missing.returncode == 0, missing.stderr
+        provision.drop_database(url)
+    else:
+        assert missing.returncode == ExitCode.CONNECTION, missing.stderr
+        assert "does not exist" in missing.stderr and "--create-db" in missing.stderr
+    created = run_cli(
+        "migrations",
+        "apply",
+        str(EXAMPLES / "ftl/db"),
+        "--url",
+        url,
+        "--create-db",
+        "--wait",
+        "--wait-timeout",
+        "10",
+    )
+    assert created.returncode == 0, created.stderr
+    assert "created database" in created.stderr
+    assert "Applied 2 migrations" in created.stdout
+    again = run_cli("migrations", "apply", str(EXAMPLES / "ftl/db"), "--url", url, "--create-db")
+    assert again.returncode == 0, again.stderr
+    assert "created database" not in again.stderr
+    assert "Nothing to apply" in again.stdout
+
+
+def test_cli_wait_on_a_closed_port_exits_6() -> None:
+    url = f"postgresql://postgres:pw-XYZ@127.0.0.1:{free_port()}/appdb"
+    started = time.monotonic()
+    result = run_cli(
+        "migrations",
+        "apply",
+        str(EXAMPLES / "ftl/db"),
+        "--url",
+        url,
+        "--wait",
+        "--wait-timeout",
+        "1",
+    )
+    assert result.returncode == ExitCode.CONNECTION
+    assert time.monotonic() - started < 20
+    assert "gave up after 1 s" in result.stderr and "waiting for" in result.stderr
+    assert "pw-XYZ" not in result.stderr
+
+
+def test_provision_command_json(fresh_url: tuple[str, str]) -> None:
+    dialect, url = fresh_url
+    tree = EXAMPLES / "ftl/db"
+    result = run_cli("migrations", "provision", str(tree), "--url", url, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["database"]["created"] is True
+    assert doc["database"]["engine"] == dialect
+    assert doc["sets"] == ["testdb"]
+    assert [m["file"] for m in doc["migrations"]] == [
+        "20231103205514_init.sql",
+        "20240704103403_create_module_secrets.sql",
+    ]
+    assert doc["error"] is None
+    again = json.loads(
+        run_cli("migrations", "provision", str(tree), "--url", url, "-o", "json").stdout
+    )
+    assert again["database"]["created"] is False and again["migrations"] == []
