@@ -42,6 +42,16 @@ MANIFEST_NAME = "whimbrel.manifest"
 MAX_MEMBERS = 10_000
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_TOTAL_BYTES = 512 * 1024 * 1024
+_KINDS = {
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO",
+    tarfile.DIRTYPE: "a folder",
+    tarfile.CONTTYPE: "a contiguous file",
+    tarfile.GNUTYPE_SPARSE: "a sparse file",
+}
 _COMPRESSED_SUFFIXES = (".gz", ".tgz", ".bz2", ".xz", ".zst", ".zip")
 
 
@@ -167,7 +177,8 @@ def _extract(source: str, root: Path) -> manifests.Manifest:
                     raise bad(f"more than {MAX_MEMBERS} members")
                 _check_name(name, index, manifest is None, bad)
                 if not member.isreg() or member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-                    raise bad(f"member {name!r} is not a regular file (type {member.type!r})")
+                    kind = _KINDS.get(member.type, f"of tar type {member.type!r}")
+                    raise bad(f"member {name!r} is {kind}, not a regular file")
                 folded = unicodedata.normalize("NFC", name).casefold()
                 if folded in seen:
                     raise bad(f"member {name!r} appears twice")
@@ -192,7 +203,9 @@ def _extract(source: str, root: Path) -> manifests.Manifest:
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         if isinstance(exc, tarfile.FilterError):
             raise bad(str(exc)) from None
-        raise bad(f"cannot read it as a tar archive: {exc}") from None
+        if isinstance(exc, tarfile.ReadError) and "could not be opened" in str(exc):
+            raise bad("not a tar archive (nor a gzip, bzip2 or xz compressed one)") from None
+        raise bad(f"cannot read it as a tar archive: {str(exc).splitlines()[0]}") from None
     if manifest is None:
         raise bad(f"no {MANIFEST_NAME} member")
     return manifest
