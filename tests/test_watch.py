@@ -224,6 +224,60 @@ def test_reset_drops_and_recreates_the_database(
     assert watcher.interrupt() == 0
 
 
+def test_deleted_and_out_of_order_files_are_reconciled(
+    sqlite_db: Database, tmp_path: Path, start_watch: Any
+) -> None:
+    app = write_tree(
+        tmp_path / "db" / "app",
+        {
+            "001_items.sql": dbmate("CREATE TABLE items (a INT)", "DROP TABLE items"),
+            "005_orders.sql": dbmate("CREATE TABLE orders (a INT)", "DROP TABLE orders"),
+        },
+    )
+    watcher = start_watch("db", "--url", sqlite_db.url)
+    watcher.expect(r"^watching db")
+    # A file older than the newest applied one: revert to before it, apply in order.
+    save(app / "003_users.sql", dbmate("CREATE TABLE users (a INT)", "DROP TABLE users"))
+    banner = watcher.expect(r"^==> ")
+    assert "app/003_users.sql is new but older than the newest applied migration" in banner
+    assert "REVERTING set 'app' back to version 1" in banner
+    watcher.expect(r"reverting 005_orders\.sql \.\.\. reverted")
+    watcher.expect(r"applying 003_users\.sql \.\.\. applied")
+    watcher.expect(r"applying 005_orders\.sql \.\.\. applied")
+    watcher.expect(r"^watching db")
+    assert [row[0] for row in sqlite_db.tracking("app")] == [1, 3, 5]
+    # A deleted applied file: reverted with its recorded down section.
+    (app / "005_orders.sql").unlink()
+    banner = watcher.expect(r"^==> ")
+    assert "app/005_orders.sql was deleted after it was applied" in banner
+    watcher.expect(r"reverting 005_orders\.sql \(down section recorded when applied\)")
+    watcher.expect(r"^watching db")
+    assert "orders" not in sqlite_db.tables()
+    assert [row[0] for row in sqlite_db.tracking("app")] == [1, 3]
+    assert watcher.interrupt() == 0
+
+
+def test_a_dirty_migration_is_resumed_on_the_next_save(
+    mysql_db: Database, tmp_path: Path, start_watch: Any
+) -> None:
+    app = write_tree(
+        tmp_path / "db" / "app", {"001_items.sql": dbmate("CREATE TABLE items (a INT)")}
+    )
+    watcher = start_watch("db", "--url", mysql_db.url)
+    watcher.expect(r"^watching db")
+    # DDL on MySQL commits statement by statement: the first one stays, the second fails.
+    save(app / "002_more.sql", dbmate("CREATE TABLE one (a INT);\nCREATE TABLE items (a INT)"))
+    watcher.expect(r"^app: applying 002_more\.sql \.\.\. FAILED")
+    watcher.expect(r"002_more\.sql is now dirty: 1 of its 2 statement", stream="err")
+    watcher.expect(r"^watching db")
+    save(app / "002_more.sql", dbmate("CREATE TABLE one (a INT);\nCREATE TABLE two (a INT)"))
+    watcher.expect(r"^app: applying 002_more\.sql from statement 2 \.\.\. applied")
+    watcher.expect(r"^watching db")
+    assert {"one", "two"} <= mysql_db.tables()
+    assert [row[1] for row in mysql_db.tracking("app")] == ["applied", "applied"]
+    assert watcher.interrupt() == 0
+
+
 def test_without_reset_an_empty_down_section_is_reported_and_watching_goes_on(
     sqlite_db: Database, tmp_path: Path, start_watch: Any
 ) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from whimbrel.discovery import looks_like_migration
+from whimbrel.discovery import SAFE_SET_NAME, looks_like_migration
 from whimbrel.errors import InvalidMigrationsError, RefusedError, WhimbrelError
 
 if TYPE_CHECKING:
@@ -268,8 +268,9 @@ def is_migration_change(path: str) -> bool:
         return False
     if looks_like_migration(name):
         return True
-    # A set folder created, renamed or deleted (a deleted path's kind is unknown: no suffix).
-    return os.path.isdir(path) or (not os.path.exists(path) and "." not in name)
+    # A set folder created, renamed or deleted (a deleted path's kind is unknown: judge by
+    # its name, which rules out vim's "4913" probe file and the like).
+    return os.path.isdir(path) or (not os.path.exists(path) and bool(SAFE_SET_NAME.fullmatch(name)))
 
 
 def watch(
