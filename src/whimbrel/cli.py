@@ -27,7 +27,7 @@ Exit codes:
   3   inspect: migrations are pending
   4   inspect: drift (a migration is modified, missing or dirty)
   5   invalid migration files or folders
-  6   cannot connect to the database
+  6   cannot connect to the database (or --wait timed out)
   7   timed out waiting for the migration lock
   8   refused: unsafe state (dirty, drift, out of order, foreign table, no down section);
       nothing changed
