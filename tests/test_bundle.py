@@ -260,3 +260,12 @@ def test_a_member_larger_than_the_limit_is_refused_before_reading(
     monkeypatch.setattr(bundles, "MAX_TOTAL_BYTES", len(MANIFEST[1]) + 10)
     with pytest.raises(whimbrel.InvalidManifestError, match="bytes in all"):
         whimbrel.verify_manifest(bundle, tmp_path / "unused")
+
+
+def test_verify_a_bundle_without_a_database(tmp_path: Path) -> None:
+    bundle = build(EXAMPLES / "ftl/db", tmp_path / "app.tar")
+    result = run_cli("migrations", "verify", str(bundle))
+    assert result.returncode == 0, result.stderr
+    assert f"match {bundle}:{bundles.MANIFEST_NAME}" in result.stdout
+    checks = whimbrel.verify_manifest(bundle)
+    assert [c.source for c in checks] == [f"{bundle}:{bundles.MANIFEST_NAME}"]

@@ -371,3 +371,30 @@ def test_python_api(tmp_path: Path) -> None:
     with pytest.raises(ManifestMismatch) as info:
         whimbrel.verify_manifest(tree, path)
     assert info.value.exit_code == ExitCode.MANIFEST_MISMATCH
+
+
+def test_verify_command_connects_to_nothing(tmp_path: Path) -> None:
+    tree = ftl_tree(tmp_path)
+    manifest = save(tmp_path, "m.txt", manifest_of(tree, "--engine", "postgres"))
+    ok = run_cli("migrations", "verify", str(tree), "--manifest", str(manifest))
+    assert ok.returncode == 0, ok.stderr
+    assert f"OK: 2 files in 1 set match {manifest} (sha256 {sha(manifest)})" in ok.stdout
+    doc = json.loads(
+        run_cli("migrations", "verify", str(tree), "--manifest", str(manifest), "-o", "json").stdout
+    )
+    assert doc["manifests"][0]["sets"]["testdb"][1] == {
+        "file": SECRETS,
+        "sha256": sha(tree / "testdb" / SECRETS),
+    }
+    other_engine = run_cli(
+        "migrations", "verify", str(tree), "--manifest", str(manifest), "--url", "mysql://h/x"
+    )
+    assert other_engine.returncode == ExitCode.MANIFEST_MISMATCH
+    no_manifest = run_cli("migrations", "verify", str(tree))
+    assert no_manifest.returncode == ExitCode.USAGE
+    assert "name the manifest" in no_manifest.stderr
+    missing_path = run_cli(
+        "migrations", "verify", str(tmp_path / "nope"), "--manifest", str(manifest)
+    )
+    assert missing_path.returncode == ExitCode.INVALID_MIGRATIONS
+    assert "does not exist" in missing_path.stderr

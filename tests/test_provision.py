@@ -250,3 +250,13 @@ def test_provision_command_json(fresh_url: tuple[str, str]) -> None:
         run_cli("migrations", "provision", str(tree), "--url", url, "-o", "json").stdout
     )
     assert again["database"]["created"] is False and again["migrations"] == []
+
+
+def test_postgres_database_name_follows_libpq(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGDATABASE", raising=False)
+    assert provision.database_name("postgres://u@h/app") == "app"
+    assert provision.database_name("postgres://u@h/app?dbname=other") == "other"
+    assert provision.database_name("postgres://alice@h") == "alice"  # libpq's default
+    monkeypatch.setenv("PGDATABASE", "fromenv")
+    assert provision.database_name("postgres://alice@h") == "fromenv"
+    assert provision.database_name("sqlite:///some/file.db") == "some/file.db"

@@ -321,7 +321,7 @@ def manifest(
 
 def verify_manifest(
     path: str | os.PathLike[str],
-    manifest: str | os.PathLike[str],
+    manifest: str | os.PathLike[str] | None = None,
     *,
     store: str | os.PathLike[str] | None = None,
     sets: Sequence[str] | None = None,
@@ -329,11 +329,16 @@ def verify_manifest(
 ) -> list[ManifestCheck]:
     """Verify a folder or bundle (`path`) against a manifest file; connects to nothing.
 
+    A bundle is always verified against its embedded manifest; `manifest` may then be None.
+    Returns each manifest checked, with its SHA-256 and the files compared.
+
     Raises `ManifestMismatch` (exit 10) when files were added, removed or altered, and
     `InvalidManifestError` (exit 11) for a malformed manifest, an unresolvable reference or
     an unsafe bundle. With `url`, a manifest for another engine is a mismatch too.
     """
     dialect = _url(url).dialect if url else None
+    if manifest is None and not os.path.isfile(path):
+        raise UsageError(f"{path} is a folder: name the manifest to verify it against")
     with open_sets(
         path, sets=sets, manifest=manifest, manifest_store=store, dialect=dialect
     ) as source:

@@ -538,6 +538,78 @@ def manifest(
 
 @migrations.command(epilog=EXIT_CODES_HELP)
 @path_argument
+@manifest_options
+@sets_option
+@click.option(
+    "--url",
+    "engine_url",
+    metavar="URL",
+    help="Also refuse a manifest written for another engine than this URL's (only the "
+    "scheme is used; nothing connects).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="A line per manifest checked, or one JSON document.",
+)
+def verify(
+    path: str,
+    manifest: str | None,
+    manifest_store: str | None,
+    only_sets: tuple[str, ...],
+    engine_url: str | None,
+    output: str,
+) -> None:
+    """Verify the files under PATH (or a bundle) against a manifest; connect to nothing.
+
+    A bundle is checked against its embedded manifest, and against --manifest FILE if
+    given; a folder needs --manifest. Exit 10 when a file was added, is missing or was
+    altered, 11 when the manifest or bundle cannot be used.
+    """
+    from whimbrel import api
+
+    try:
+        checks = api.verify_manifest(
+            path,
+            manifest,
+            store=manifest_store,
+            sets=only_sets,
+            url=_parse(engine_url) if engine_url else None,
+        )
+    except WhimbrelError as exc:
+        _fail(exc)
+    if output == "json":
+        import json
+
+        doc = {
+            "manifests": [
+                {
+                    "source": c.source,
+                    "sha256": c.sha256,
+                    "sets": {
+                        name: [{"file": f, "sha256": h} for f, h in files]
+                        for name, files in c.sets.items()
+                    },
+                }
+                for c in checks
+            ]
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    for check in checks:
+        files = sum(len(f) for f in check.sets.values())
+        click.echo(
+            f"OK: {files} file{'s' if files != 1 else ''} in {len(check.sets)} "
+            f"set{'s' if len(check.sets) != 1 else ''} match {check.source} "
+            f"(sha256 {check.sha256})"
+        )
+
+
+@migrations.command(epilog=EXIT_CODES_HELP)
+@path_argument
 @click.option(
     "--output",
     "-o",

@@ -141,6 +141,8 @@ def scan_files(path: str | os.PathLike[str]) -> dict[str, list[tuple[str, str]]]
     what a manifest describes and what verification compares.
     """
     root = Path(path)
+    if not root.exists():
+        raise InvalidMigrationsError(f"migrations path {root} does not exist")
     if not root.is_dir():
         raise InvalidMigrationsError(f"migrations path {root} is not a folder")
     own, subfolders, _ = _scan(root)

@@ -75,11 +75,23 @@ def database_name(url: str | DatabaseURL) -> str:
     if parsed.dialect == "postgres":
         from psycopg.conninfo import conninfo_to_dict
 
-        # libpq also takes the name from ?dbname=...
-        name = str(conninfo_to_dict(parsed.raw).get("dbname") or "") or name
+        # As libpq: ?dbname=..., the path, $PGDATABASE, else the user name.
+        params = conninfo_to_dict(parsed.raw)
+        name = str(params.get("dbname") or "") or name or os.environ.get("PGDATABASE")
+        if not name:
+            name = str(params.get("user") or "") or os.environ.get("PGUSER") or _os_user()
     if not name:
         raise UsageError(f"the URL {parsed} names no database: add /DBNAME")
     return name
+
+
+def _os_user() -> str | None:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return None
 
 
 @dataclass(frozen=True)
