@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import doctest
 import io
+import os
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, Database
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 _BLOCK = re.compile(
@@ -91,3 +93,55 @@ def test_every_api_name_resolves_even_after_its_module_is_imported() -> None:
     )
     assert result.stdout.strip() == "[]"
     assert callable(__import__("whimbrel").watch)
+
+
+def walkthrough_commands() -> list[tuple[str, list[str]]]:
+    """The `$ command` lines of the README's walkthrough, each with the output shown."""
+    text = README.read_text()
+    start = text.index("\n## Walkthrough")
+    section = text[start : text.index("\n## ", start + 1)]
+    commands: list[tuple[str, list[str]]] = []
+    for block in re.findall(r"```console\n(.*?)```", section, re.DOTALL):
+        for line in textwrap.dedent(block).splitlines():
+            if line.startswith("$ "):
+                commands.append((line[2:], []))
+            else:
+                commands[-1][1].append(line)
+    return commands
+
+
+def _normalized(lines: list[str]) -> list[str]:
+    # Timings vary; the order of stdout and stderr lines does too.
+    return sorted(re.sub(r"\d+ ms\b", "N ms", line) for line in lines if line)
+
+
+def test_readme_walkthrough_commands_print_what_it_shows(
+    tmp_path: Path, postgres_db: Database
+) -> None:
+    commands = walkthrough_commands()
+    assert [c.split()[2] for c, _ in commands] == ["manifest", "bundle", "provision"]
+    shutil.copytree(EXAMPLES, tmp_path / "examples")
+    # The walkthrough's database, on the test server, under a fresh name.
+    shown_url = "postgres://postgres@127.0.0.1:5432/ftl_testdb"
+    name = f"{postgres_db.name}_walk"
+    server = postgres_db.url.rpartition("/")[0]
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    }
+    try:
+        for command, shown in commands:
+            real = command.replace(shown_url, f"{server}/{name}")
+            result = subprocess.run(
+                ["bash", "-c", real], cwd=tmp_path, env=env, capture_output=True, text=True
+            )
+            assert result.returncode == 0, result.stderr
+            expected = [
+                line.replace(shown_url, f"{server}/{name}").replace("ftl_testdb", name)
+                for line in shown
+            ]
+            printed = (result.stdout + result.stderr).splitlines()
+            assert _normalized(printed) == _normalized(expected), command
+    finally:
+        from whimbrel.provisioning import drop_database
+
+        drop_database(f"{server}/{name}")
