@@ -339,7 +339,10 @@ def test_start_errors_have_exit_codes(tmp_path: Path, start_watch: Any) -> None:
     missing = start_watch("nowhere", "--url", f"sqlite:///{tmp_path}/x.db")
     assert missing.proc.wait(timeout=DEADLINE) == 5
     missing.expect(r"^error: migrations path nowhere does not exist", stream="err")
-    (tmp_path / "db").mkdir()
+    write_tree(tmp_path / "db" / "app", {"001_items.sql": dbmate("SELECT 1")})
+    unknown_set = start_watch("db", "--url", f"sqlite:///{tmp_path}/x.db", "--set", "nope")
+    assert unknown_set.proc.wait(timeout=DEADLINE) == 2
+    unknown_set.expect(r"^error: no set named 'nope'", stream="err")
     unreachable = start_watch(
         "db", "--url", "postgresql://nobody:s3cret@127.0.0.1:1/x", "--connect-timeout", "2"
     )

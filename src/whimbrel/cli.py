@@ -772,7 +772,7 @@ def _provision_doc(result: Any, url: DatabaseURL, error: WhimbrelError | None) -
 WATCH_EXIT_CODES_HELP = """\b
 Exit codes:
   0   stopped with Ctrl-C (or SIGTERM) while watching
-  2   usage error (bad option or URL)
+  2   usage error (bad option, URL or set name)
   5   PATH does not exist or is not a folder
   6   cannot connect to the database at start
   9   the database could not be created at start

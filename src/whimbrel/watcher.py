@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from whimbrel.discovery import SAFE_SET_NAME, looks_like_migration
-from whimbrel.errors import InvalidMigrationsError, RefusedError, WhimbrelError
+from whimbrel.errors import InvalidMigrationsError, RefusedError, UsageError, WhimbrelError
 
 if TYPE_CHECKING:
     from whimbrel.engine import Reporter, RunResult
@@ -307,6 +307,15 @@ def watch(
     if not root.is_dir():
         raise InvalidMigrationsError(f"migrations path {root} does not exist or is not a folder")
     db_url = _parse(url)
+    if sets:
+        from whimbrel.api import load_sets
+
+        try:
+            load_sets(path, sets)
+        except UsageError:
+            raise  # an unknown --set name: a mistake in the command, not in a file
+        except WhimbrelError:
+            pass  # a broken file: reported by the first cycle, fixed by a save
     if create:
         from whimbrel import provisioning as provision
 
