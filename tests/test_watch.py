@@ -194,7 +194,7 @@ def test_new_file_applied_and_changed_file_reverted_then_reapplied(
     assert not [line for stream, line in watcher.lines if stream == "err"]
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+@pytest.mark.parametrize("engine", ["sqlite", "postgres", "mysql"])
 def test_reset_drops_and_recreates_the_database(
     engine: str, request: pytest.FixtureRequest, tmp_path: Path, start_watch: Any
 ) -> None:
