@@ -260,3 +260,23 @@ def test_postgres_database_name_follows_libpq(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("PGDATABASE", "fromenv")
     assert provision.database_name("postgres://alice@h") == "fromenv"
     assert provision.database_name("sqlite:///some/file.db") == "some/file.db"
+
+
+def test_provision_json_on_failure_has_the_same_keys(tmp_path: Path) -> None:
+    url = f"postgresql://postgres:pw-XYZ@127.0.0.1:{free_port()}/appdb"
+    result = run_cli(
+        "migrations", "provision", str(EXAMPLES / "ftl/db"), "--url", url,
+        "--wait-timeout", "0.5", "-o", "json",
+    )  # fmt: skip
+    assert result.returncode == ExitCode.CONNECTION
+    doc = json.loads(result.stdout)
+    assert set(doc) == {"database", "manifests", "sets", "migrations", "error"}
+    assert doc["database"]["name"] == "appdb" and doc["database"]["created"] is False
+    assert doc["sets"] == ["testdb"] and doc["migrations"] == []
+    assert doc["error"]["exit_code"] == ExitCode.CONNECTION
+    assert "gave up after 0.5 s" in doc["error"]["message"]
+    assert "pw-XYZ" not in result.stdout + result.stderr
+    bad = run_cli("migrations", "provision", str(EXAMPLES / "ftl/db"), "--url", "oracle://x",
+                  "-o", "json")  # fmt: skip
+    assert bad.returncode == ExitCode.USAGE
+    assert set(json.loads(bad.stdout)) == set(doc)

@@ -706,8 +706,9 @@ def provision(
 
     as_json = output == "json"
     reporter = None if as_json else render.ProgressReporter()
-    parsed = _parse(url)
+    parsed: DatabaseURL | None = None
     try:
+        parsed = _parse(url)
         result = api.provision(
             path,
             parsed,
@@ -733,7 +734,7 @@ def provision(
             reporter.failed("INTERRUPTED")
         raise
     if as_json:
-        click.echo(json.dumps(_provision_doc(result, parsed, None), indent=2))
+        click.echo(redact(json.dumps(_provision_doc(result, parsed, None), indent=2), _secrets))
         return
     for check in result.manifests:
         click.echo(f"verified against {check.source} (sha256 {check.sha256})", err=True)
@@ -741,7 +742,9 @@ def provision(
     render.print_run(result.run)
 
 
-def _provision_doc(result: Any, url: DatabaseURL, error: WhimbrelError | None) -> dict[str, Any]:
+def _provision_doc(
+    result: Any, url: DatabaseURL | None, error: WhimbrelError | None
+) -> dict[str, Any]:
     """The JSON document of `provision`: stable keys, present on success and failure."""
     import json
 
@@ -749,7 +752,13 @@ def _provision_doc(result: Any, url: DatabaseURL, error: WhimbrelError | None) -
     from whimbrel.api import ProvisionResult
 
     doc: dict[str, Any] = {
-        "database": {"url": str(url), "engine": url.dialect, "name": None, "created": False},
+        "database": {
+            "url": str(url) if url else None,
+            "engine": url.dialect if url else None,
+            "name": None,
+            "created": False,
+            "waited_s": 0.0,
+        },
         "manifests": [],
         "sets": [],
         "migrations": [],
