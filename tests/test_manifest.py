@@ -398,3 +398,21 @@ def test_verify_command_connects_to_nothing(tmp_path: Path) -> None:
     )
     assert missing_path.returncode == ExitCode.INVALID_MIGRATIONS
     assert "does not exist" in missing_path.stderr
+
+
+def test_parse_tolerates_whitespace_comments_and_uppercase_hashes() -> None:
+    text = (
+        "# reviewed by ops\n"
+        "database\tMySQL  testdb\n"
+        "\n"
+        "  +migration\t001_a b.sql\t" + "A" * 64 + "\n"
+        "+migration 002_c.sql " + "b" * 64 + "   \n"
+    )
+    parsed = manifests.parse(text.encode(), "x")
+    (block,) = parsed.blocks
+    assert (block.engine, block.set_name) == ("mysql", "testdb")
+    assert [(e.file, e.sha256, e.line) for e in block.entries] == [
+        ("001_a b.sql", "a" * 64, 4),
+        ("002_c.sql", "b" * 64, 5),
+    ]
+    assert parsed.sha256 == hashlib.sha256(text.encode()).hexdigest()

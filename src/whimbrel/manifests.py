@@ -57,6 +57,7 @@ _ENGINE_ALIASES = {
     "any": "any",
 }
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_FILE_AND_HASH = re.compile(r"(?P<file>.+?)\s+(?P<sha>\S+)")
 _SET_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _VERSION = re.compile(r"[0-9]+")
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # larger files in a store are not manifests
@@ -258,8 +259,8 @@ def parse(data: bytes, source: str) -> Manifest:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        keyword, _, rest = line.partition(" ")
-        rest = rest.strip()
+        keyword, *tail = line.split(None, 1)
+        rest = tail[0].strip() if tail else ""
 
         def fail(message: str, number: int = number) -> InvalidManifestError:
             return InvalidManifestError(message, source=source, line=number)
@@ -280,8 +281,8 @@ def parse(data: bytes, source: str) -> Manifest:
         elif keyword == "+migration":
             if current is None:
                 raise fail("'+migration' before any 'database <engine> <set>' line")
-            filename, _, digest = rest.rpartition(" ")
-            filename = filename.strip()
+            match = _FILE_AND_HASH.fullmatch(rest)
+            filename, digest = (match["file"], match["sha"]) if match else ("", "")
             if not filename or not _SHA256.fullmatch(digest):
                 raise fail("expected '+migration <file> <sha256>' (64 hex digits)")
             if "/" in filename or "\\" in filename or not looks_like_migration(filename):
