@@ -280,3 +280,32 @@ def test_provision_json_on_failure_has_the_same_keys(tmp_path: Path) -> None:
                   "-o", "json")  # fmt: skip
     assert bad.returncode == ExitCode.USAGE
     assert set(json.loads(bad.stdout)) == set(doc)
+
+
+def test_dry_run_with_create_db_creates_nothing(fresh_url: tuple[str, str]) -> None:
+    _, url = fresh_url
+    result = run_cli("migrations", "apply", str(EXAMPLES / "ftl/db"), "--url", url,
+                     "--create-db", "--dry-run", "-o", "json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["database_created"] is False
+    assert [m["status"] for m in doc["migrations"]] == ["planned", "planned"]
+    assert provision.database_exists(url) is False
+    text = run_cli("migrations", "apply", str(EXAMPLES / "ftl/db"), "--url", url,
+                   "--create-db", "--dry-run")  # fmt: skip
+    assert "would create database" in text.stderr and "Would apply" in text.stdout
+
+
+def test_inspect_and_revert_wait_too(postgres_db: Database) -> None:
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+    for command in ("inspect", "revert"):
+        result = run_cli("migrations", command, str(EXAMPLES / "ftl/db"), "--url", closed,
+                         "--wait-timeout", "0.5")  # fmt: skip
+        assert result.returncode == ExitCode.CONNECTION, result.stderr
+        assert "gave up after 0.5 s" in result.stderr
+    tree = str(EXAMPLES / "ftl/db")
+    assert run_cli("migrations", "apply", tree, "--url", postgres_db.url).returncode == 0
+    reverted = run_cli("migrations", "revert", tree, "--url", postgres_db.url, "--wait")
+    assert reverted.returncode == 0, reverted.stderr
+    inspected = run_cli("migrations", "inspect", tree, "--url", postgres_db.url, "--wait")
+    assert inspected.returncode == ExitCode.PENDING, inspected.stderr
