@@ -123,6 +123,7 @@ def apply(
     with open_sets(
         path, sets=sets, manifest=manifest, manifest_store=manifest_store, dialect=parsed.dialect
     ) as source:
+        _note_verified(reporter, source.verified)
         created, exists = _ready(
             parsed,
             wait=wait,
@@ -223,6 +224,25 @@ def _note(reporter: object, message: str) -> None:
         note(message)
 
 
+def _note_verified(reporter: object, checks: Sequence[ManifestCheck]) -> None:
+    for check in checks:
+        files = sum(len(f) for f in check.sets.values())
+        noun = "file" if files == 1 else "files"
+        _note(reporter, f"verified {files} {noun} against {check.source} (sha256 {check.sha256})")
+
+
+def _wait_notes(reporter: object, url: DatabaseURL, seconds: float) -> Any:
+    """An on_retry callback that says once that, and why, it is waiting."""
+    said: list[bool] = []
+
+    def on_retry(error: str) -> None:
+        if not said:
+            said.append(True)
+            _note(reporter, f"waiting up to {seconds:g} s for {url}: {error}")
+
+    return on_retry
+
+
 def _ready(
     url: DatabaseURL,
     *,
@@ -243,9 +263,12 @@ def _ready(
     from whimbrel import provisioning as prov
 
     if seconds is not None:
-        _note(reporter, f"waiting up to {seconds:g} s for {url} ...")
         prov.wait_until_ready(
-            url, seconds, need_database=need_database, connect_timeout=connect_timeout
+            url,
+            seconds,
+            need_database=need_database,
+            connect_timeout=connect_timeout,
+            on_retry=_wait_notes(reporter, url, seconds),
         )
     if not create_db:
         return False, True
@@ -413,12 +436,13 @@ def provision(
             names = [s.name for s in source.sets]
             result.run = RunResult(command="apply", dry_run=False, sets=names)
             started = time.monotonic()
-            _note(reporter, f"waiting up to {wait_timeout:g} s for {parsed} ...")
+            _note_verified(reporter, source.verified)
             prov.wait_until_ready(
                 parsed,
                 wait_timeout,
                 need_database=not create_db and parsed.dialect != "sqlite",
                 connect_timeout=connect_timeout,
+                on_retry=_wait_notes(reporter, parsed, wait_timeout),
             )
             result.waited_s = time.monotonic() - started
             if create_db:

@@ -736,8 +736,6 @@ def provision(
     if as_json:
         click.echo(redact(json.dumps(_provision_doc(result, parsed, None), indent=2), _secrets))
         return
-    for check in result.manifests:
-        click.echo(f"verified against {check.source} (sha256 {check.sha256})", err=True)
     assert result.run is not None
     render.print_run(result.run)
 
