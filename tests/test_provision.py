@@ -309,3 +309,27 @@ def test_inspect_and_revert_wait_too(postgres_db: Database) -> None:
     assert reverted.returncode == 0, reverted.stderr
     inspected = run_cli("migrations", "inspect", tree, "--url", postgres_db.url, "--wait")
     assert inspected.returncode == ExitCode.PENDING, inspected.stderr
+
+
+def test_concurrent_provisioners_create_once_and_apply_once(fresh_url: tuple[str, str]) -> None:
+    """Replicas starting together: one creates the database, each migration runs once."""
+    import subprocess
+
+    from conftest import whimbrel_executable
+
+    _, url = fresh_url
+    command = [*whimbrel_executable(), "migrations", "provision", str(EXAMPLES / "ftl/db"),
+               "--url", url, "-o", "json"]  # fmt: skip
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(3)]  # fmt: skip
+    docs = []
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        docs.append(json.loads(out))
+    assert sum(d["database"]["created"] for d in docs) == 1
+    applied = [m["file"] for d in docs for m in d["migrations"]]
+    assert sorted(applied) == [
+        "20231103205514_init.sql",
+        "20240704103403_create_module_secrets.sql",
+    ]
