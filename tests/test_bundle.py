@@ -269,3 +269,12 @@ def test_verify_a_bundle_without_a_database(tmp_path: Path) -> None:
     assert f"match {bundle}:{bundles.MANIFEST_NAME}" in result.stdout
     checks = whimbrel.verify_manifest(bundle)
     assert [c.source for c in checks] == [f"{bundle}:{bundles.MANIFEST_NAME}"]
+
+
+def test_an_embedded_manifest_cannot_reference_another(tmp_path: Path) -> None:
+    manifest = b"database any testdb\n+migration-reference " + b"e" * 64 + b"\n"
+    bundle = tmp_path / "b.tar"
+    bundle.write_bytes(_tar([(bundles.MANIFEST_NAME, manifest), *GOOD.items()]))
+    result = run_cli("migrations", "verify", str(bundle))
+    assert result.returncode == ExitCode.INVALID_MANIFEST
+    assert "a bundle's manifest is self-contained" in result.stderr

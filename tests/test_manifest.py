@@ -416,3 +416,14 @@ def test_parse_tolerates_whitespace_comments_and_uppercase_hashes() -> None:
         ("002_c.sql", "b" * 64, 5),
     ]
     assert parsed.sha256 == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_a_missing_manifest_store(tmp_path: Path) -> None:
+    tree = ftl_tree(tmp_path)
+    v1 = save(tmp_path, "v1.manifest", manifest_of(tree))
+    v2 = save(tmp_path, "v2.manifest", manifest_of(tree, "--reference", str(v1)))
+    result = run_cli("migrations", "verify", str(tree), "--manifest", str(v2),
+                     "--manifest-store", str(tmp_path / "nowhere"))  # fmt: skip
+    assert result.returncode == ExitCode.INVALID_MANIFEST
+    assert f"cannot read the manifest store {tmp_path / 'nowhere'}" in result.stderr
+    assert f"{v2}, line 2" in result.stderr

@@ -317,6 +317,10 @@ def parse(data: bytes, source: str) -> Manifest:
 
 def load(path: str | os.PathLike[str]) -> Manifest:
     try:
+        if Path(path).stat().st_size > MAX_MANIFEST_BYTES:
+            raise InvalidManifestError(
+                f"larger than {MAX_MANIFEST_BYTES} bytes: not a manifest", source=os.fspath(path)
+            )
         data = Path(path).read_bytes()
     except OSError as exc:
         raise InvalidManifestError(
@@ -332,29 +336,40 @@ class ManifestStore:
         self.folder = Path(folder) if folder is not None else None
         self._index: dict[str, Path] | None = None
 
-    def _scan(self) -> dict[str, Path]:
-        if self._index is None:
-            self._index = {}
-            if self.folder is not None and self.folder.is_dir():
-                for entry in sorted(os.scandir(self.folder), key=lambda e: e.name):
+    def _scan(self, wanted_by: str) -> dict[str, Path]:
+        if self._index is not None:
+            return self._index
+        index: dict[str, Path] = {}
+        if self.folder is not None:
+            try:
+                entries = sorted(os.scandir(self.folder), key=lambda e: e.name)
+            except OSError as exc:
+                raise InvalidManifestError(
+                    f"cannot read the manifest store {self.folder}: {exc.strerror or exc}",
+                    source=wanted_by,
+                ) from None
+            for entry in entries:
+                try:
                     if not entry.is_file() or entry.stat().st_size > MAX_MANIFEST_BYTES:
                         continue
-                    try:
-                        digest = hashlib.sha256(Path(entry.path).read_bytes()).hexdigest()
-                    except OSError:
-                        continue
-                    self._index.setdefault(digest, Path(entry.path))
-        return self._index
+                    digest = hashlib.sha256(Path(entry.path).read_bytes()).hexdigest()
+                except OSError:  # unreadable, or gone meanwhile: not a candidate
+                    continue
+                index.setdefault(digest, Path(entry.path))
+        self._index = index
+        return index
 
     def get(self, sha256: str, *, wanted_by: str) -> Manifest:
-        path = self._scan().get(sha256)
+        path = self._scan(wanted_by).get(sha256)
         if path is None:
-            where = f"the manifest store {self.folder}" if self.folder else "no manifest store"
-            raise InvalidManifestError(
-                f"+migration-reference {sha256}: no manifest with this SHA-256 in {where} "
-                "(--manifest-store DIR names the folder of earlier manifests)",
-                source=wanted_by,
-            )
+            if self.folder is None:
+                where = "there is no manifest store here (a bundle's manifest is self-contained)"
+            else:
+                where = (
+                    f"no manifest with this SHA-256 in the manifest store {self.folder} "
+                    "(--manifest-store DIR names the folder of earlier manifests)"
+                )
+            raise InvalidManifestError(f"+migration-reference {sha256}: {where}", source=wanted_by)
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != sha256:  # changed since it was indexed
             raise InvalidManifestError(
