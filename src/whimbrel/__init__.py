@@ -1,7 +1,9 @@
 """whimbrel: SQL migrations for PostgreSQL, MySQL/MariaDB and SQLite.
 
 Everything the CLI does is a function here: `inspect`, `apply`, `revert`, `mark`,
-`discover`. Importing whimbrel is cheap: database drivers load on first use.
+`discover`, `watch`, `manifest`, `verify_manifest`, `bundle`, `provision`, and the
+database primitives `database_exists`, `create_database`, `drop_database`,
+`wait_until_ready`. Importing whimbrel is cheap: database drivers load on first use.
 """
 
 from __future__ import annotations

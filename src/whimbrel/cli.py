@@ -190,7 +190,7 @@ def main() -> None:
 
 @main.group()
 def migrations() -> None:
-    """Inspect, apply and revert migrations."""
+    """Inspect, apply and revert migrations; manifests, bundles and provisioning; watch."""
 
 
 @migrations.command(epilog=EXIT_CODES_HELP)
