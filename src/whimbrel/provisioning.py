@@ -170,10 +170,13 @@ def wait_until_ready(
         else:
             if exists or not need_database:
                 return Readiness(exists, attempts, time.monotonic() - started)
-            last = (
-                f"the server is up, but the database {database_name(parsed)!r} does not exist "
-                "(--create-db creates it)"
-            )
+            if parsed.dialect == "sqlite":
+                last = f"the SQLite database file {database_name(parsed)} does not exist"
+            else:
+                last = (
+                    f"the server is up, but the database {database_name(parsed)!r} does not "
+                    "exist (apply --create-db creates it)"
+                )
         if on_retry is not None:
             on_retry(last)
         remaining = deadline - time.monotonic()
