@@ -278,3 +278,12 @@ def test_an_embedded_manifest_cannot_reference_another(tmp_path: Path) -> None:
     result = run_cli("migrations", "verify", str(bundle))
     assert result.returncode == ExitCode.INVALID_MANIFEST
     assert "a bundle's manifest is self-contained" in result.stderr
+
+
+def test_the_bytes_are_pinned(tmp_path: Path) -> None:
+    """The README's bundle of examples/ftl/db, to the byte: a format change must be deliberate."""
+    info = whimbrel.bundle(EXAMPLES / "ftl/db", tmp_path / "testdb.tar", engine="postgres")
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    assert f"sha256 {info.sha256}\n" in readme
+    assert f"manifest sha256 {info.manifest_sha256}\n" in readme
+    assert info.sha256 == "226c093b8db9656e0d2058aac03e0c89c4be78af015491762d7056c40c737753"
