@@ -297,22 +297,6 @@ def test_apply_and_revert_json_output(sqlite_db: Database, tmp_path: Path) -> No
     assert [m["status"] for m in json.loads(reverted.stdout)["migrations"]] == ["reverted"] * 2
 
 
-def test_readme_python_example_runs(tmp_path: Path) -> None:
-    import re
-    import subprocess
-    import sys
-
-    readme = (EXAMPLES.parent / "README.md").read_text()
-    (code,) = re.findall(r"## Python API.*?```python\n(.*?)```", readme, re.S)
-    shutil.copytree(EXAMPLES, tmp_path / "examples")
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert "enrichments 001_init.up.sql applied" in result.stdout
-    assert "enrichments ['applied', 'applied', 'applied']" in result.stdout
-
-
 def test_inspect_rejects_a_pending_file_apply_would_reject(
     sqlite_db: Database, tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 from collections.abc import Callable
@@ -26,11 +27,13 @@ Exit codes:
   3   inspect: migrations are pending
   4   inspect: drift (a migration is modified, missing or dirty)
   5   invalid migration files or folders
-  6   cannot connect to the database
+  6   cannot connect to the database (or --wait timed out)
   7   timed out waiting for the migration lock
   8   refused: unsafe state (dirty, drift, out of order, foreign table, no down section);
       nothing changed
   9   a database error outside any migration (e.g. no permission to create the tracking table)
+  10  --manifest/bundle: files added, missing or altered, or another engine; nothing ran
+  11  --manifest/bundle: malformed manifest, unknown reference or cycle, unsafe bundle
   130 interrupted (Ctrl-C); 143 terminated (SIGTERM)
 """
 
@@ -91,7 +94,61 @@ def lock_timeout(f: F) -> F:
 
 
 def path_argument(f: F) -> F:
-    return click.argument("path", type=click.Path(file_okay=False, path_type=str))(f)
+    # A file is a bundle (`whimbrel migrations bundle`); a folder holds sets.
+    return click.argument("path", type=click.Path(path_type=str))(f)
+
+
+# -- options shared by apply, inspect, revert (and watch): manifests and provisioning ----
+def manifest_options(f: F) -> F:
+    """--manifest FILE and --manifest-store DIR: parameters `manifest`, `manifest_store`."""
+    f = click.option(
+        "--manifest-store",
+        type=click.Path(file_okay=False, path_type=str),
+        metavar="DIR",
+        help="Folder of earlier manifests that +migration-reference lines name by SHA-256 "
+        "(default: the manifest's own folder).",
+    )(f)
+    f = click.option(
+        "--manifest",
+        type=click.Path(dir_okay=False, path_type=str),
+        metavar="FILE",
+        help="Verify every migration file against this manifest before anything runs; "
+        "added, missing or altered files are refused (exit 10).",
+    )(f)
+    return f
+
+
+def wait_options(f: F) -> F:
+    """--wait and --wait-timeout SECONDS, passed on as one parameter `wait`: None or seconds."""
+
+    @functools.wraps(f)
+    def combined(*args: Any, wait: bool, wait_timeout: float | None, **kwargs: Any) -> Any:
+        seconds = wait_timeout if wait_timeout is not None else (60.0 if wait else None)
+        return f(*args, wait=seconds, **kwargs)
+
+    command = click.option(
+        "--wait-timeout",
+        type=click.FloatRange(min=0),
+        metavar="SECONDS",
+        help="How long --wait waits (default 60; implies --wait).",
+    )(combined)
+    command = click.option(
+        "--wait",
+        is_flag=True,
+        help="First wait until the database accepts connections (retrying with backoff), "
+        "then go on; give up after --wait-timeout seconds (exit 6).",
+    )(command)
+    return command  # type: ignore[return-value]
+
+
+def create_db_option(f: F) -> F:
+    """--create-db: parameter `create_db`."""
+    return click.option(
+        "--create-db",
+        is_flag=True,
+        help="Create the database if it does not exist (PostgreSQL, MySQL/MariaDB; for "
+        "SQLite, the file), then go on.",
+    )(f)
 
 
 def output_option(default: str) -> Callable[[F], F]:
@@ -133,7 +190,7 @@ def main() -> None:
 
 @main.group()
 def migrations() -> None:
-    """Inspect, apply and revert migrations."""
+    """Inspect, apply and revert migrations; manifests, bundles and provisioning; watch."""
 
 
 @migrations.command(epilog=EXIT_CODES_HELP)
@@ -142,8 +199,17 @@ def migrations() -> None:
 @sets_option
 @output_option("table")
 @timeouts
+@manifest_options
+@wait_options
 def inspect(
-    path: str, url: str | None, only_sets: tuple[str, ...], output: str, connect_timeout: float
+    path: str,
+    url: str | None,
+    only_sets: tuple[str, ...],
+    output: str,
+    connect_timeout: float,
+    manifest: str | None,
+    manifest_store: str | None,
+    wait: float | None,
 ) -> None:
     """Compare the database with the files under PATH; change nothing.
 
@@ -154,7 +220,15 @@ def inspect(
     from whimbrel import output as render
 
     try:
-        states = api.inspect(path, _parse(url), sets=only_sets, connect_timeout=connect_timeout)
+        states = api.inspect(
+            path,
+            _parse(url),
+            sets=only_sets,
+            connect_timeout=connect_timeout,
+            manifest=manifest,
+            manifest_store=manifest_store,
+            wait=False if wait is None else wait,
+        )
     except WhimbrelError as exc:
         _fail(exc)
     if output == "json":
@@ -226,6 +300,9 @@ def _run_options(f: F) -> F:
 @output_option("text")
 @lock_timeout
 @timeouts
+@manifest_options
+@create_db_option
+@wait_options
 def apply(
     path: str,
     url: str | None,
@@ -237,6 +314,10 @@ def apply(
     output: str,
     lock_timeout: float,
     connect_timeout: float,
+    manifest: str | None,
+    manifest_store: str | None,
+    create_db: bool,
+    wait: float | None,
 ) -> None:
     """Apply every pending migration under PATH, set by set in name order.
 
@@ -259,6 +340,10 @@ def apply(
         resume=resume,
         lock_timeout=lock_timeout,
         connect_timeout=connect_timeout,
+        manifest=manifest,
+        manifest_store=manifest_store,
+        create_db=create_db,
+        wait=False if wait is None else wait,
     )
 
 
@@ -279,6 +364,8 @@ def apply(
 @output_option("text")
 @lock_timeout
 @timeouts
+@manifest_options
+@wait_options
 def revert(
     path: str,
     url: str | None,
@@ -292,6 +379,9 @@ def revert(
     output: str,
     lock_timeout: float,
     connect_timeout: float,
+    manifest: str | None,
+    manifest_store: str | None,
+    wait: float | None,
 ) -> None:
     """Revert migrations under PATH with their down sections, newest first.
 
@@ -313,6 +403,9 @@ def revert(
         resume=resume,
         lock_timeout=lock_timeout,
         connect_timeout=connect_timeout,
+        manifest=manifest,
+        manifest_store=manifest_store,
+        wait=False if wait is None else wait,
     )
 
 
@@ -359,6 +452,409 @@ def mark(
     except WhimbrelError as exc:
         _fail(exc)
     click.echo(message)
+
+
+# -- manifests, bundles and provisioning -------------------------------------------------
+def _engine_option(f: F) -> F:
+    f = click.option(
+        "--url",
+        "engine_url",
+        metavar="URL",
+        help="Take the engine from this URL's scheme (only the scheme is used; "
+        "$DATABASE_URL is not read).",
+    )(f)
+    return click.option(
+        "--engine",
+        type=click.Choice(("postgres", "mysql", "sqlite", "any")),
+        help="The engine on each 'database <engine> <set>' line. Default: the --url's, "
+        "else 'any' (verifies against every engine).",
+    )(f)
+
+
+@migrations.command(epilog=EXIT_CODES_HELP)
+@path_argument
+@_engine_option
+@sets_option
+@click.option(
+    "--reference",
+    "reference",
+    type=click.Path(dir_okay=False, path_type=str),
+    metavar="FILE",
+    help="An earlier manifest: print '+migration-reference <its sha256>' and only the files "
+    "added since (the earlier files must be unchanged).",
+)
+@click.option(
+    "--manifest-store",
+    type=click.Path(file_okay=False, path_type=str),
+    metavar="DIR",
+    help="Where --reference's own references are looked up (default: its folder).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="The manifest itself, or one JSON document.",
+)
+def manifest(
+    path: str,
+    engine: str | None,
+    engine_url: str | None,
+    only_sets: tuple[str, ...],
+    reference: str | None,
+    manifest_store: str | None,
+    output: str,
+) -> None:
+    """Print the manifest of PATH: each migration file of each set with its SHA-256.
+
+    \b
+    For each set, in FTL's schema syntax:
+      database <engine> <set>
+      +migration <file> <sha256>      (one per file, in run order)
+    The hash is what sha256sum prints. Save it, review it, and pass it to
+    apply/revert/inspect --manifest FILE, which refuse files that differ (exit 10).
+    """
+    from whimbrel import api
+
+    try:
+        built = api.manifest(
+            path,
+            engine=engine,
+            url=_parse(engine_url) if engine_url else None,
+            sets=only_sets,
+            reference=reference,
+            store=manifest_store,
+        )
+    except WhimbrelError as exc:
+        _fail(exc)
+    if output == "json":
+        import json
+
+        click.echo(json.dumps(built.to_json(), indent=2))
+    else:
+        click.echo(built.text(), nl=False)
+
+
+@migrations.command(epilog=EXIT_CODES_HELP)
+@path_argument
+@manifest_options
+@sets_option
+@click.option(
+    "--url",
+    "engine_url",
+    metavar="URL",
+    help="Also refuse a manifest written for another engine than this URL's (only the "
+    "scheme is used; nothing connects).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="A line per manifest checked, or one JSON document.",
+)
+def verify(
+    path: str,
+    manifest: str | None,
+    manifest_store: str | None,
+    only_sets: tuple[str, ...],
+    engine_url: str | None,
+    output: str,
+) -> None:
+    """Verify the files under PATH (or a bundle) against a manifest; connect to nothing.
+
+    A bundle is checked against its embedded manifest, and against --manifest FILE if
+    given; a folder needs --manifest. Exit 10 when a file was added, is missing or was
+    altered, 11 when the manifest or bundle cannot be used.
+    """
+    from whimbrel import api
+
+    try:
+        checks = api.verify_manifest(
+            path,
+            manifest,
+            store=manifest_store,
+            sets=only_sets,
+            url=_parse(engine_url) if engine_url else None,
+        )
+    except WhimbrelError as exc:
+        _fail(exc)
+    if output == "json":
+        import json
+
+        doc = {
+            "manifests": [
+                {
+                    "source": c.source,
+                    "sha256": c.sha256,
+                    "sets": {
+                        name: [{"file": f, "sha256": h} for f, h in files]
+                        for name, files in c.sets.items()
+                    },
+                }
+                for c in checks
+            ]
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    for check in checks:
+        files = sum(len(f) for f in check.sets.values())
+        click.echo(
+            f"OK: {files} file{'s' if files != 1 else ''} in {len(check.sets)} "
+            f"set{'s' if len(check.sets) != 1 else ''} match {check.source} "
+            f"(sha256 {check.sha256})"
+        )
+
+
+@migrations.command(epilog=EXIT_CODES_HELP)
+@path_argument
+@click.option(
+    "--output",
+    "-o",
+    "output_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=str),
+    metavar="FILE",
+    help="The bundle to write (an uncompressed .tar).",
+)
+@_engine_option
+@sets_option
+def bundle(
+    path: str,
+    output_file: str,
+    engine: str | None,
+    engine_url: str | None,
+    only_sets: tuple[str, ...],
+) -> None:
+    """Write one deterministic archive of the sets under PATH plus their manifest.
+
+    The same files give the same bytes on any machine: entries are sorted, with fixed
+    times, modes and owners. apply, revert, inspect and provision take the bundle in place
+    of PATH, and verify every file against the embedded manifest before anything runs.
+    """
+    from whimbrel import api
+
+    try:
+        info = api.bundle(
+            path,
+            output_file,
+            engine=engine,
+            url=_parse(engine_url) if engine_url else None,
+            sets=only_sets,
+        )
+    except WhimbrelError as exc:
+        _fail(exc)
+    sets = ", ".join(info.sets)
+    click.echo(
+        f"wrote {info.path}: {info.files} file{'s' if info.files != 1 else ''} in "
+        f"{len(info.sets)} set{'s' if len(info.sets) != 1 else ''} ({sets}), {info.size} bytes\n"
+        f"sha256 {info.sha256}\n"
+        f"manifest sha256 {info.manifest_sha256}"
+    )
+
+
+@migrations.command(epilog=EXIT_CODES_HELP)
+@path_argument
+@url_option
+@sets_option
+@manifest_options
+@click.option(
+    "--create-db/--no-create-db",
+    default=True,
+    show_default=True,
+    help="Create the database if it does not exist.",
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the server to accept connections.",
+)
+@output_option("text")
+@lock_timeout
+@timeouts
+def provision(
+    path: str,
+    url: str | None,
+    only_sets: tuple[str, ...],
+    manifest: str | None,
+    manifest_store: str | None,
+    create_db: bool,
+    wait_timeout: float,
+    output: str,
+    lock_timeout: float,
+    connect_timeout: float,
+) -> None:
+    """Deploy PATH (a folder or a bundle) to a database in one step, as FTL's provisioner.
+
+    \b
+    1. verify the files: against the bundle's embedded manifest, and --manifest FILE;
+    2. wait until the server accepts connections (--wait-timeout);
+    3. create the database if it does not exist (--no-create-db to require it);
+    4. apply every pending migration (drift, dirty and out-of-order are refused).
+    With -o json, prints one document, also on failure: database (created?), manifests,
+    sets, migrations applied, error.
+    """
+    import json
+
+    from whimbrel import api
+    from whimbrel import output as render
+
+    as_json = output == "json"
+    reporter = None if as_json else render.ProgressReporter()
+    parsed: DatabaseURL | None = None
+    try:
+        parsed = _parse(url)
+        result = api.provision(
+            path,
+            parsed,
+            manifest=manifest,
+            manifest_store=manifest_store,
+            sets=only_sets,
+            create_db=create_db,
+            wait_timeout=wait_timeout,
+            lock_timeout=lock_timeout,
+            connect_timeout=connect_timeout,
+            reporter=reporter,
+        )
+    except WhimbrelError as exc:
+        if reporter is not None and isinstance(exc, MigrationFailed):
+            reporter.failed()
+        if as_json:
+            partial = exc.partial if isinstance(exc.partial, api.ProvisionResult) else None
+            doc = _provision_doc(partial, parsed, exc)
+            click.echo(redact(json.dumps(doc, indent=2), _secrets))
+        _fail(exc)
+    except Interrupted:
+        if reporter is not None:
+            reporter.failed("INTERRUPTED")
+        raise
+    if as_json:
+        click.echo(redact(json.dumps(_provision_doc(result, parsed, None), indent=2), _secrets))
+        return
+    assert result.run is not None
+    render.print_run(result.run)
+
+
+def _provision_doc(
+    result: Any, url: DatabaseURL | None, error: WhimbrelError | None
+) -> dict[str, Any]:
+    """The JSON document of `provision`: stable keys, present on success and failure."""
+    import json
+
+    from whimbrel import output as render
+    from whimbrel.api import ProvisionResult
+
+    doc: dict[str, Any] = {
+        "database": {
+            "url": str(url) if url else None,
+            "engine": url.dialect if url else None,
+            "name": None,
+            "created": False,
+            "waited_s": 0.0,
+        },
+        "manifests": [],
+        "sets": [],
+        "migrations": [],
+        "error": None,
+    }
+    if isinstance(result, ProvisionResult):
+        doc["database"].update(
+            name=result.database, created=result.created, waited_s=round(result.waited_s, 3)
+        )
+        doc["manifests"] = [{"source": m.source, "sha256": m.sha256} for m in result.manifests]
+        if result.run is not None:
+            doc["sets"] = result.run.sets
+            doc["migrations"] = [render._outcome_json(o) for o in result.run.steps]
+    if error is not None:
+        doc["error"] = json.loads(render.run_json(None, error))["error"]
+    return doc
+
+
+# -- watch (development) ----------------------------------------------------------------
+WATCH_EXIT_CODES_HELP = """\b
+Exit codes:
+  0   stopped with Ctrl-C (or SIGTERM) while watching
+  2   usage error (bad option, URL or set name)
+  5   PATH does not exist or is not a folder
+  6   cannot connect to the database at start
+  9   the database could not be created at start
+  130 Ctrl-C interrupted a running migration (reported as apply does)
+A failing cycle (invalid file, failing statement, lost connection) never ends watching.
+"""
+
+
+@migrations.command(epilog=WATCH_EXIT_CODES_HELP)
+@path_argument
+@url_option
+@sets_option
+@click.option(
+    "--reset",
+    is_flag=True,
+    help="When an applied migration changed: drop and recreate the whole database, then "
+    "apply everything (default: revert back to just before it, then apply again).",
+)
+@lock_timeout
+@timeouts
+def watch(
+    path: str,
+    url: str | None,
+    only_sets: tuple[str, ...],
+    reset: bool,
+    lock_timeout: float,
+    connect_timeout: float,
+) -> None:
+    """Development: apply, then re-apply as migration files under PATH are saved.
+
+    Creates the database if it does not exist. A new migration is applied as soon as it is
+    saved. When an applied migration's file changes (or is deleted, or a new file is older
+    than the newest applied one), the set is reverted to just before it with the down
+    sections recorded when each was applied, then applied again; with --reset, the database
+    is dropped and recreated instead. Each reconciliation is announced on a line starting
+    with "==>". A broken file is reported and the next save retries. Not for production.
+    """
+    from whimbrel import output as render
+    from whimbrel.watcher import WatchEvent
+    from whimbrel.watcher import watch as run_watch
+
+    reporter = render.ProgressReporter()
+    colour = sys.stdout.isatty()
+
+    def show(event: WatchEvent) -> None:
+        if event.kind == "error":
+            if isinstance(event.error, MigrationFailed):
+                reporter.failed()
+            click.echo(redact(f"error: {event.message}", _secrets), err=True)
+            click.echo("(still watching: fix the file and save it to retry)", err=True)
+        elif event.kind == "reconcile":
+            click.echo(
+                click.style(event.message, fg="yellow", bold=True) if colour else event.message
+            )
+        else:
+            click.echo(redact(event.message, _secrets))
+
+    try:
+        run_watch(
+            path,
+            _parse(url),
+            reset=reset,
+            sets=only_sets or None,
+            on_event=show,
+            reporter=reporter,
+            lock_timeout=lock_timeout,
+            connect_timeout=connect_timeout,
+        )
+    except WhimbrelError as exc:
+        _fail(exc)
+    except Interrupted:
+        raise  # a migration was running: report it as apply does (exit 130)
+    except KeyboardInterrupt:
+        click.echo("stopped watching")
+        sys.exit(ExitCode.OK)
 
 
 _signal_received: list[int] = []

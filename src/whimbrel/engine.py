@@ -125,6 +125,8 @@ class RunResult:
     dry_run: bool
     sets: list[str]
     steps: list[StepOutcome] = field(default_factory=list)
+    # Set by `apply(create_db=True)`: whether this run created the database.
+    database_created: bool | None = None
 
 
 def application_name(command: str) -> str:

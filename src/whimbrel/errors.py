@@ -20,6 +20,8 @@ class ExitCode(IntEnum):
     LOCK_TIMEOUT = 7
     REFUSED = 8
     DATABASE_ERROR = 9
+    MANIFEST_MISMATCH = 10
+    INVALID_MANIFEST = 11
     INTERRUPTED = 130
 
 
@@ -114,6 +116,25 @@ class MigrationFailed(WhimbrelError):
         self.statement = statement
         self.database_message = database_message
         self.rolled_back = rolled_back
+
+
+class ManifestMismatch(WhimbrelError):
+    """The migration files differ from the manifest (added, missing, altered): nothing ran."""
+
+    exit_code = ExitCode.MANIFEST_MISMATCH
+
+
+class InvalidManifestError(WhimbrelError):
+    """A manifest or bundle cannot be used: malformed, unresolvable reference, unsafe archive."""
+
+    exit_code = ExitCode.INVALID_MANIFEST
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None):
+        where = source + (f", line {line}" if line is not None else "") if source else None
+        super().__init__(f"{where}: {message}" if where else message)
+        self.reason = message
+        self.source = source
+        self.line = line
 
 
 class Interrupted(KeyboardInterrupt):

@@ -167,6 +167,8 @@ def run_json(result: object, error: WhimbrelError | None = None) -> str:
             "sets": result.sets,
             "migrations": [_outcome_json(o) for o in result.steps],
         }
+        if result.database_created is not None:
+            doc["database_created"] = result.database_created
     if error is not None:
         doc["error"] = {"exit_code": int(error.exit_code), "message": error.message}
         if isinstance(error, MigrationFailed):
@@ -210,6 +212,11 @@ class ProgressReporter:
 
     def _style(self, text: str, colour: str) -> str:
         return click.style(text, fg=colour) if self.colour else text
+
+    def note(self, message: str) -> None:
+        """A line about the run itself (waiting for the server, creating the database)."""
+        self.err.write(message + "\n")
+        self.err.flush()
 
     def lock_waiting(self, holder: str | None) -> None:
         who = f"held by {holder}" if holder else "held by another run"

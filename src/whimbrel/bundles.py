@@ -1,0 +1,233 @@
+"""Bundles: one deterministic archive of migration sets and their manifest.
+
+A bundle is an uncompressed POSIX (pax) tar archive:
+
+    whimbrel.manifest          the manifest of everything below (always the first member)
+    <set>/<migration file>     every migration file, in manifest order
+
+Every member is a regular file with mtime 0, mode 0644, uid/gid 0 and no owner names, so
+the same files give the same bytes on any machine, whatever their mtimes, permissions,
+owners or creation order. It is not compressed because deflate output differs between
+zlib builds (zlib, zlib-ng), which would break "same input, same bytes"; compress it for
+transport if you like, and whimbrel reads gzip/bz2/xz-compressed bundles too.
+
+Reading a bundle is strict, as it may come from anywhere: only the layout above is
+accepted (no absolute paths, `..`, links, devices, folders or duplicate members), sizes are
+capped and checked after extraction, extraction uses tarfile's `data` filter on top of
+these checks, and the extracted files must match the embedded manifest before anything
+reads them as migrations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+import unicodedata
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from whimbrel import manifests
+from whimbrel.discovery import SAFE_SET_NAME, _scan, looks_like_migration
+from whimbrel.errors import InvalidManifestError, UsageError
+
+__all__ = ["MANIFEST_NAME", "BundleInfo", "extracted", "is_bundle", "write"]
+
+MANIFEST_NAME = "whimbrel.manifest"
+MAX_MEMBERS = 10_000
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_TOTAL_BYTES = 512 * 1024 * 1024
+_KINDS = {
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO",
+    tarfile.DIRTYPE: "a folder",
+    tarfile.CONTTYPE: "a contiguous file",
+    tarfile.GNUTYPE_SPARSE: "a sparse file",
+}
+_COMPRESSED_SUFFIXES = (".gz", ".tgz", ".bz2", ".xz", ".zst", ".zip")
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    path: str
+    sha256: str  # of the bundle's bytes
+    size: int
+    manifest_sha256: str  # of the embedded manifest
+    sets: list[str]
+    files: int
+
+
+def is_bundle(path: str | os.PathLike[str]) -> bool:
+    """Whether PATH names a file (a bundle) rather than a folder of migrations."""
+    return os.path.isfile(path)
+
+
+def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info, io.BytesIO(data)
+
+
+def write(
+    path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    engine: str = "any",
+    sets: Sequence[str] | None = None,
+) -> BundleInfo:
+    """Write the bundle of the sets under `path` to `output` (atomically)."""
+    out = Path(output)
+    if out.name.lower().endswith(_COMPRESSED_SUFFIXES):
+        raise UsageError(
+            f"{out}: a bundle is an uncompressed .tar (compressors differ between machines, "
+            "so compressed output would not be byte-identical); name it .tar"
+        )
+    manifest = manifests.build(path, engine, sets)
+    text = manifest.text().encode()
+    roots = _set_folders(path)
+    buffer = io.BytesIO()
+    count = 0
+    # pax only where a name needs it (long or non-ASCII); no timestamps in pax headers.
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(*_member(MANIFEST_NAME, text))
+        for block in manifest.blocks:
+            for entry in block.entries:
+                data = (roots[block.set_name] / entry.file).read_bytes()
+                if hashlib.sha256(data).hexdigest() != entry.sha256:
+                    raise UsageError(f"{entry.file} changed while the bundle was being written")
+                tar.addfile(*_member(f"{block.set_name}/{entry.file}", data))
+                count += 1
+    data = buffer.getvalue()
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return BundleInfo(
+        path=str(out),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        manifest_sha256=hashlib.sha256(text).hexdigest(),
+        sets=[b.set_name for b in manifest.blocks],
+        files=count,
+    )
+
+
+def _set_folders(path: str | os.PathLike[str]) -> dict[str, Path]:
+    root = Path(path)
+    names = manifests.scan_files(root)
+    if _scan(root)[0]:  # PATH is the set itself
+        return dict.fromkeys(names, root)
+    return {name: root / name for name in names}
+
+
+# -- reading ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def extracted(
+    bundle: str | os.PathLike[str], *, dialect: str | None = None
+) -> Iterator[tuple[Path, manifests.Manifest, dict[str, list[tuple[str, str]]]]]:
+    """Extract a bundle into a temporary folder, verify it; yield (folder, manifest, files).
+
+    Raises InvalidManifestError (exit 11) for an unsafe or corrupt archive and
+    ManifestMismatch (exit 10) when its files do not match its manifest.
+    """
+    source = os.fspath(bundle)
+    with tempfile.TemporaryDirectory(prefix="whimbrel-bundle-") as tmp:
+        root = Path(tmp) / "sets"
+        root.mkdir()
+        manifest = _extract(source, root)
+        resolved = manifests.resolve(manifest, manifests.ManifestStore(None))
+        files = manifests.verify(root, resolved, source=f"embedded in {source}", dialect=dialect)
+        yield root, manifest, files
+
+
+def _extract(source: str, root: Path) -> manifests.Manifest:
+    def bad(message: str) -> InvalidManifestError:
+        return InvalidManifestError(f"unsafe or invalid bundle: {message}", source=source)
+
+    manifest: manifests.Manifest | None = None
+    seen: set[str] = set()
+    total = 0
+    try:
+        with tarfile.open(source, mode="r:*") as tar:
+            index = 0
+            while True:
+                member = tar.next()
+                if member is None:
+                    break
+                index += 1
+                name = member.name
+                if index > MAX_MEMBERS:
+                    raise bad(f"more than {MAX_MEMBERS} members")
+                _check_name(name, index, manifest is None, bad)
+                if not member.isreg() or member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                    kind = _KINDS.get(member.type, f"of tar type {member.type!r}")
+                    raise bad(f"member {name!r} is {kind}, not a regular file")
+                folded = unicodedata.normalize("NFC", name).casefold()
+                if folded in seen:
+                    raise bad(f"member {name!r} appears twice")
+                seen.add(folded)
+                if member.size > MAX_FILE_BYTES:
+                    raise bad(f"member {name!r} is larger than {MAX_FILE_BYTES} bytes")
+                total += member.size
+                if total > MAX_TOTAL_BYTES:
+                    raise bad(f"more than {MAX_TOTAL_BYTES} bytes in all")
+                if name == MANIFEST_NAME:
+                    handle = tar.extractfile(member)
+                    assert handle is not None
+                    data = handle.read()
+                    if len(data) != member.size:
+                        raise bad(f"member {name!r} is truncated")
+                    manifest = manifests.parse(data, f"{source}:{MANIFEST_NAME}")
+                    continue
+                tar.extract(member, root, filter="data")
+                written = (root / name).stat().st_size
+                if written != member.size:
+                    raise bad(f"member {name!r} is truncated ({written} of {member.size} bytes)")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        if isinstance(exc, tarfile.FilterError):
+            raise bad(str(exc)) from None
+        if isinstance(exc, tarfile.ReadError) and "could not be opened" in str(exc):
+            raise bad("not a tar archive (nor a gzip, bzip2 or xz compressed one)") from None
+        raise bad(f"cannot read it as a tar archive: {str(exc).splitlines()[0]}") from None
+    if manifest is None:
+        raise bad(f"no {MANIFEST_NAME} member")
+    return manifest
+
+
+def _check_name(
+    name: str, index: int, first: bool, bad: Callable[[str], InvalidManifestError]
+) -> None:
+    if name == MANIFEST_NAME:
+        if not first or index != 1:
+            raise bad(f"{MANIFEST_NAME} must be the first member, and appear once")
+        return
+    if index == 1:
+        raise bad(f"the first member must be {MANIFEST_NAME}, not {name!r}")
+    parts = name.split("/")
+    if (
+        name.startswith("/")
+        or "\\" in name
+        or "\x00" in name
+        or len(parts) != 2
+        or not SAFE_SET_NAME.fullmatch(parts[0])
+        or parts[1] in ("", ".", "..")
+        or not looks_like_migration(parts[1])
+    ):
+        raise bad(f"member {name!r} is not <set>/<migration file>")
