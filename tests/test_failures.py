@@ -479,9 +479,10 @@ def _wait_for_running_sleep(db: Database, seconds: int = 30) -> None:
     """Block until the server shows the migration's sleep running."""
     query = {
         "postgres": "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
-        f"'%pg_sleep({seconds})%' AND state = 'active' AND pid <> pg_backend_pid()",
+        f"'%pg_sleep({seconds})%' AND state = 'active' AND pid <> pg_backend_pid() "
+        "AND datname = current_database()",
         "mysql": "SELECT count(*) FROM information_schema.PROCESSLIST "
-        f"WHERE INFO LIKE '%SLEEP({seconds})%' AND ID <> CONNECTION_ID()",
+        f"WHERE INFO LIKE '%SLEEP({seconds})%' AND ID <> CONNECTION_ID() AND DB = DATABASE()",
     }[db.dialect]
     _wait_until(lambda: db.query(query)[0][0], "the slow statement runs")
 
@@ -980,7 +981,7 @@ def test_sigterm_cancels_like_ctrl_c(postgres_db: Database, tmp_path: Path) -> N
     assert proc.returncode == 143, err
     still_running = (
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
-        "AND state = 'active' AND pid <> pg_backend_pid()"
+        "AND state = 'active' AND pid <> pg_backend_pid() AND datname = current_database()"
     )
     assert postgres_db.query(still_running)[0][0] == 0  # cancelled on the server
     assert "s" not in postgres_db.tables()

@@ -52,13 +52,13 @@ def _slow_statement_running(db: Database) -> bool:
     if db.dialect == "postgres":
         rows = db.query(
             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-            "AND query LIKE %s AND pid <> pg_backend_pid()",
+            "AND query LIKE %s AND pid <> pg_backend_pid() AND datname = current_database()",
             ("%pg_sleep(s) FROM slow_flag%",),
         )
     elif db.dialect == "mysql":
         rows = db.query(
             "SELECT count(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s "
-            "AND ID <> CONNECTION_ID()",
+            "AND ID <> CONNECTION_ID() AND DB = DATABASE()",
             ("%SLEEP(s) FROM slow_flag%",),
         )
     else:

@@ -311,12 +311,13 @@ def _migration_backend(db: Database, seconds: int = 30) -> int:
     if db.dialect == "postgres":
         sql = (
             "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND "
-            f"query LIKE '%pg_sleep({seconds})%' AND pid <> pg_backend_pid()"
+            f"query LIKE '%pg_sleep({seconds})%' AND pid <> pg_backend_pid() "
+            "AND datname = current_database()"
         )
     else:
         sql = (
             f"SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE '%SLEEP({seconds})%' "
-            "AND ID <> CONNECTION_ID()"
+            "AND ID <> CONNECTION_ID() AND DB = DATABASE()"
         )
     found: list[int] = []
 
