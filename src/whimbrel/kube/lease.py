@@ -61,8 +61,8 @@ def parse_time(value: str) -> datetime:
         text = text[:-1] + "+00:00"
     if "." in text:
         head, _, rest = text.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits) :]
+        zone_at = next((i for i, c in enumerate(rest) if not c.isdigit()), len(rest))
+        digits, zone = rest[:zone_at], rest[zone_at:]
         text = f"{head}.{(digits + '000000')[:6]}{zone}"
     parsed = datetime.fromisoformat(text)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
