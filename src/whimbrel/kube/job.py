@@ -150,26 +150,34 @@ class _PodLog(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            try:
-                stream = self.client.log(
-                    self.pod, namespace=self.namespace, follow=True, newlines=False
-                )
-                for index, line in enumerate(stream):
-                    if index < self.lines_seen:
-                        continue  # a re-opened stream starts from the beginning
-                    self.lines_seen += 1
-                    self._line(line)
-                    if self.stop.is_set():
-                        return
-            except ApiError as exc:
-                if exc.status.code == 404:
-                    return  # the pod is gone (the Job was deleted)
-                # 400: the container is waiting to start; anything else: try again.
-            except Exception:  # a dropped connection: the phase check below decides
-                pass
+            complete = self._read(follow=True)
+            if complete is None:
+                return  # the pod is gone (the Job was deleted)
             if self._finished():
+                if not complete:  # the stream broke: read what it did not deliver
+                    self._read(follow=False)
                 return
             self.stop.wait(0.3)
+
+    def _read(self, *, follow: bool) -> bool | None:
+        """Show the lines not shown yet; False if the stream broke, None if the pod is gone."""
+        try:
+            stream = self.client.log(
+                self.pod, namespace=self.namespace, follow=follow, newlines=False
+            )
+            for index, line in enumerate(stream):
+                if index < self.lines_seen:
+                    continue  # a re-opened stream starts from the beginning
+                self.lines_seen += 1
+                self._line(line)
+                if self.stop.is_set():
+                    return True
+        except ApiError as exc:
+            # 400: the container is waiting to start; anything else: try again.
+            return None if exc.status.code == 404 else False
+        except Exception:  # a dropped connection: the phase check decides what next
+            return False
+        return True
 
     def _line(self, line: str) -> None:
         result = parse_line(line)
