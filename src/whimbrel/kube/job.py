@@ -281,6 +281,7 @@ class Follower:
             why = log.result.error if log.result and log.result.error else ""
             if not why and log.last_lines:
                 why = log.last_lines[-1]
+            why = _first_line(why)
             self.last_failure = (view.name, log.result, f"{code}{reason}")
             self.emit(
                 f"pod {view.name} failed ({code}{reason})"
@@ -313,7 +314,7 @@ class Follower:
                     pod, result, code = self.last_failure
                     message += f"; its last pod {pod} ended with {code}"
                     if result is not None and result.error:
-                        message += f":\n{result.error}"
+                        message += ":\n" + result.error.removeprefix("error: ")
                     error = JobFailed(message)
                     error.partial = result
                 raise error
@@ -334,3 +335,8 @@ class Follower:
             if last.waiting:
                 message += f" ({last.waiting})"
         return JobTimeout(message)
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line.removeprefix("error: ")
