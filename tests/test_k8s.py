@@ -581,3 +581,30 @@ def test_lease_forbidden_names_the_missing_permission(k8s_cluster: Any, tmp_path
     assert "403" in message and 'cannot get resource "leases"' in message
     assert 'API group "coordination.k8s.io"' in message
     assert "whimbrel k8s manifests" in message
+
+
+def test_kubeconfig_problems_are_exit_12_and_say_what(tmp_path: Path) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "t"}}],
+        "current-context": "x",
+    }
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(json.dumps(config))
+    base = ["migrations", "apply", "/m", "--url", "sqlite:///x.db", "--as-k8s-job", "--image=i"]
+    cases = [
+        (["--kubeconfig", str(tmp_path / "missing")], "not found"),
+        ([f"--kubeconfig={kubeconfig}", "--context=nope"], "Context 'nope' not found"),
+        ([f"--kubeconfig={kubeconfig}"], "cannot reach the Kubernetes API at https://127.0.0.1:1"),
+    ]
+    for extra, message in cases:
+        result = run_cli(*base, *extra)
+        assert result.returncode == ExitCode.K8S_API, result.stderr
+        assert message in result.stderr
+    # The dry run takes the namespace from the context, and creates nothing.
+    result = run_cli(*base, f"--kubeconfig={kubeconfig}", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert [d["metadata"]["namespace"] for d in yaml.safe_load_all(result.stdout)] == ["t", "t"]
