@@ -349,3 +349,35 @@ def test_ctrl_c_deletes_the_job_and_its_pods(
     rbac.wait_for("the pod's process to end", lambda: not list(rbac.pod_processes()))
     # The pod was stopped cleanly: nothing of the slow migration is recorded.
     assert [r[:2] for r in postgres_db.tracking("app")] == [(1, "applied")]
+
+
+def test_a_pod_waiting_for_its_secret_is_reported_and_followed_once_it_starts(
+    rbac: Any, postgres_db: Database, tmp_path: Path
+) -> None:
+    import base64
+
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    run = subprocess.Popen(
+        job_argv(rbac, "apply", tree(tmp_path), "--url-secret", "late-db"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+    def waiting_for_secret() -> bool:
+        return any(
+            status.get("state", {}).get("waiting", {}).get("reason") == "CreateContainerConfigError"
+            for pod in rbac.objects("pods")
+            for status in pod.get("status", {}).get("containerStatuses", [])
+        )
+
+    rbac.wait_for("the pod to wait for its Secret", waiting_for_secret, timeout=20)
+    status, body = rbac.api(
+        "POST", f"/api/v1/namespaces/{NS}/secrets",
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "late-db"},
+         "data": {"url": base64.b64encode(postgres_db.url.encode()).decode()}},
+    )  # fmt: skip
+    assert status == 201, body
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr
+    assert 'is Pending: CreateContainerConfigError: secret "late-db" not found' in stderr
+    assert "app: applying 001_init.up.sql ... applied" in stderr
+    assert "Applied 1 migration in 1 set" in stdout
