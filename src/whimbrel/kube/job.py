@@ -221,7 +221,9 @@ class Follower:
                     done = self._pod(view, deadline)
                     if done is not None:
                         return done
-                self._check_job(job, deadline)
+                finished = self._check_job(job, deadline)
+                if finished is not None:
+                    return finished
                 if time.monotonic() >= deadline:
                     raise self._timeout(pods)
                 time.sleep(POLL_SECONDS)
@@ -299,7 +301,7 @@ class Follower:
         return log
 
     # -- the Job ------------------------------------------------------------------
-    def _check_job(self, job: Job, deadline: float) -> None:
+    def _check_job(self, job: Job, deadline: float) -> PodResult | None:
         conditions = (job.status.conditions if job.status else None) or []
         for cond in conditions:
             if cond.status != "True":
@@ -319,11 +321,13 @@ class Follower:
                     error.partial = result
                 raise error
             if cond.type == "Complete":
-                # Complete, but no Succeeded pod seen (it was removed already): say so.
-                raise JobFailed(
-                    f'the Job "{self.job.name}" completed, but its pod is gone: '
-                    "its result could not be read"
+                # Complete, but its pod was not seen (already removed): the migrations ran,
+                # only the report is lost.
+                self.emit(
+                    f'the Job "{self.job.name}" completed, but its pod is gone: no report to show'
                 )
+                return PodResult(exit_code=0, stdout="", error=None)
+        return None
 
     def _timeout(self, pods: list[_PodView]) -> JobTimeout:
         message = f'timed out after {self.timeout:g} s waiting for the Job "{self.job.name}"'

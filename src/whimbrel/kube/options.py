@@ -10,7 +10,7 @@ import functools
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -18,6 +18,11 @@ from click.core import ParameterSource
 from whimbrel import kube
 from whimbrel.errors import UsageError
 from whimbrel.urls import DatabaseURL, redact
+
+if TYPE_CHECKING:
+    from lightkube import Client
+
+    from whimbrel.kube.manifests import JobSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -310,7 +315,11 @@ def _as_job(
 
 
 def _run_job(
-    client: Any, settings: Any, url: str | None, timeout: float, secrets: Callable[[], list[str]]
+    client: Client,
+    settings: JobSettings,
+    url: str | None,
+    timeout: float,
+    secrets: Callable[[], list[str]],
 ) -> None:
     from whimbrel.errors import JobFailed, JobTimeout
     from whimbrel.kube import job as jobs
