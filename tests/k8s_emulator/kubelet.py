@@ -84,9 +84,7 @@ class LogBuffer:
     ) -> Iterator[bytes]:
         """Complete lines as they arrive, until the container's output ends."""
         with self._cond:
-            start = len(self._lines)
-            if tail is not None:
-                start = max(0, start - tail)
+            start = 0 if tail is None else max(0, len(self._lines) - tail)
         index = start
         while True:
             with self._cond:
