@@ -785,6 +785,10 @@ def test_log_follow_streams_as_output_arrives(
 
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
+    # a client that hangs up mid-stream (Ctrl-C) is no server error (the fixture checks)
+    quitter = Client(KubeConfig.from_file(cluster.kubeconfig))
+    assert next(iter(quitter.log(pod.metadata.name, follow=True))) == "one\n"
+    quitter._client.close()
     # the first line arrives while the process still runs: streamed, not held until exit
     cluster.wait_for("the first line", lambda: received == ["one\n"])
     assert not ended.is_set()
@@ -805,6 +809,8 @@ def test_log_tail_lines_and_timestamps(cluster: EmulatedCluster, client: Client)
     assert list(client.log(name, tail_lines=2)) == ["line 3\n", "line 4\n"]
     assert list(client.log(name, tail_lines=2, follow=True)) == ["line 3\n", "line 4\n"]
     assert len(list(client.log(name))) == 5
+    # follow on a finished pod gives the whole log, as kubectl logs -f does
+    assert list(client.log(name, follow=True)) == list(client.log(name))
     (stamped,) = client.log(name, tail_lines=1, timestamps=True)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z line 4\n", stamped)
     status, body = cluster.api("GET", f"/api/v1/namespaces/default/pods/{name}/log?container=other")

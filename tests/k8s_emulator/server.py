@@ -105,7 +105,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.app.handle(self, method, raw)
         except ApiError as exc:
             self.send_json(exc.code, exc.status())
-        except (BrokenPipeError, ConnectionResetError):
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            # The client went away (e.g. Ctrl-C during `logs -f`): the end of the stream.
             self.close_connection = True
         except Exception:
             self.server.app.errors.append(traceback.format_exc())
