@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from whimbrel.errors import UsageError
+from whimbrel.errors import ExitCode, UsageError
 
 Manifest = dict[str, Any]
 
@@ -26,6 +26,9 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Labels whimbrel sets itself; a --label may not replace them.
 APP_LABELS = {"app.kubernetes.io/name": "whimbrel", "app.kubernetes.io/component": "migrations"}
 COMMAND_LABEL = "whimbrel.dev/command"
+# Exit codes a new pod would meet again: usage, invalid migration files, refused (dirty,
+# drift, out of order). A failed migration (1) or a lock timeout (7) may pass next time.
+NOT_RETRIED = (ExitCode.USAGE, ExitCode.INVALID_MIGRATIONS, ExitCode.REFUSED)
 # The user id of the image's non-root user (Dockerfile: USER 10001).
 IMAGE_UID = 10001
 
@@ -140,6 +143,23 @@ def job_manifest(settings: JobSettings) -> Manifest:
         "metadata": {"name": settings.name, "namespace": settings.namespace, "labels": labels},
         "spec": {
             "backoffLimit": settings.backoff_limit,
+            # A failure no retry can fix fails the Job at once; an eviction is not a failure.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "whimbrel",
+                            "operator": "In",
+                            "values": sorted(int(code) for code in NOT_RETRIED),
+                        },
+                    },
+                    {
+                        "action": "Ignore",
+                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                    },
+                ]
+            },
             "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
             "template": {
                 "metadata": {"labels": labels},
