@@ -303,6 +303,29 @@ def test_lease_times_need_six_fractional_digits(cluster: EmulatedCluster, stamp:
     assert status == 400
 
 
+def test_bodies_are_decoded_as_the_server_does(cluster: EmulatedCluster) -> None:
+    """A wrongly typed value is a 400; an unknown field is dropped, or a 400 when strict."""
+    status, body = cluster.api(
+        "POST", LEASES, {"metadata": {"name": "l"}, "spec": {"leaseDurationSeconds": "15"}}
+    )
+    assert (status, body["reason"]) == (400, "BadRequest")
+    assert "spec.leaseDurationSeconds" in body["message"]
+    status, body = cluster.api(
+        "POST", LEASES, {"metadata": {"name": "l"}, "spec": {"holder": "typo"}}
+    )
+    assert status == 201 and body["spec"] == {}
+    status, body = cluster.api(
+        "POST",
+        f"{LEASES}?fieldValidation=Strict",
+        {"metadata": {"name": "m"}, "spec": {"holder": "typo"}},
+    )
+    assert (status, body["message"]) == (400, 'strict decoding error: unknown field "spec.holder"')
+    job = python_job("j", "pass").to_dict()
+    job["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "N", "value": 3}]
+    status, body = cluster.api("POST", "/apis/batch/v1/namespaces/default/jobs", job)
+    assert (status, body["reason"]) == (400, "BadRequest")
+
+
 # --- RBAC ------------------------------------------------------------------------------------
 
 
@@ -500,6 +523,91 @@ def test_backoff_limit_exceeded(cluster: EmulatedCluster, client: Client) -> Non
     # no third pod ever comes
     time.sleep(0.3)
     assert len(job_pods(client, "doomed")) == 2
+
+
+def _with_policy(job: Job, *rules: dict[str, Any]) -> dict[str, Any]:
+    body = job.to_dict()
+    body["spec"]["podFailurePolicy"] = {"rules": list(rules)}
+    return body
+
+
+def test_pod_failure_policy_fail_job_and_ignore(cluster: EmulatedCluster, tmp_path: Path) -> None:
+    cluster.job_backoff_seconds = 0.05
+    jobs = "/apis/batch/v1/namespaces/default/jobs"
+    fail_job = {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "main", "operator": "In", "values": [3, 4]},
+    }
+    body = _with_policy(python_job("fatal", "raise SystemExit(4)", backoff_limit=5), fail_job)
+    status, created = cluster.api("POST", jobs, body)
+    assert status == 201, created
+    assert created["spec"]["podReplacementPolicy"] == "Failed"
+
+    def conditions(name: str) -> dict[str, dict[str, Any]]:
+        job = cluster.api("GET", f"{jobs}/{name}")[1]
+        return {c["type"]: c for c in job["status"].get("conditions", [])}
+
+    failed = cluster.wait_for("the Job to fail", lambda: conditions("fatal").get("Failed"))
+    (pod,) = cluster.objects("pods")  # no retry despite backoffLimit 5
+    assert failed["reason"] == "PodFailurePolicy"
+    assert failed["message"] == (
+        f"Container main for pod default/{pod['metadata']['name']} failed with exit code 4 "
+        "matching FailJob rule at index 0"
+    )
+    validate_strict(cluster.api("GET", f"{jobs}/fatal")[1])
+
+    # Ignore: the failure does not count toward backoffLimit 0, and the pod is replaced
+    marker = tmp_path / "tried"
+    code = (
+        f"import pathlib, sys\nm = pathlib.Path({str(marker)!r})\n"
+        "if not m.exists(): m.touch(); sys.exit(7)\n"
+    )
+    ignore = {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [7]}}
+    assert cluster.api("POST", jobs, _with_policy(python_job("flaky", code), ignore))[0] == 201
+    assert cluster.wait_for("the Job to finish", lambda: conditions("flaky").get("Complete"))
+    job = cluster.api("GET", f"{jobs}/flaky")[1]
+    assert job["status"].get("failed", 0) == 0 and job["status"]["succeeded"] == 1
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": "other", "operator": "In", "values": [1]},
+            },
+            "containerName",
+        ),
+        (
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2, 1]}},
+            "must be ordered",
+        ),
+        ({"action": "FailJob", "onExitCodes": {"operator": "In", "values": [0]}}, "must not be 0"),
+        (
+            {"action": "Retry", "onExitCodes": {"operator": "In", "values": [1]}},
+            "Unsupported value",
+        ),
+        ({"action": "Ignore"}, "one of OnExitCodes and OnPodConditions"),
+    ],
+)
+def test_pod_failure_policy_validation(
+    cluster: EmulatedCluster, rule: dict[str, Any], message: str
+) -> None:
+    body = _with_policy(python_job("j", "pass"), rule)
+    status, answer = cluster.api("POST", "/apis/batch/v1/namespaces/default/jobs", body)
+    assert (status, answer["reason"]) == (422, "Invalid")
+    assert message in answer["message"]
+
+
+def test_pod_failure_policy_needs_restart_policy_never(cluster: EmulatedCluster) -> None:
+    body = _with_policy(
+        python_job("j", "pass"),
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    )
+    body["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
+    status, answer = cluster.api("POST", "/apis/batch/v1/namespaces/default/jobs", body)
+    assert status == 422 and 'only "Never" is supported' in answer["message"]
 
 
 def test_active_deadline_and_ttl_after_finished(cluster: EmulatedCluster, client: Client) -> None:

@@ -7,9 +7,11 @@ import base64
 import binascii
 import copy
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import schema
 from .store import (
     RESOURCES,
     ApiError,
@@ -345,6 +347,8 @@ def _validate_job(res: Resource, obj: Obj) -> None:
         raise invalid(
             res, name, "spec.template.spec.restartPolicy", detail, "FieldValueNotSupported"
         )
+    if spec.get("podFailurePolicy") is not None:
+        _validate_pod_failure_policy(res, name, spec, tspec)
     for field in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
         value = spec.get(field)
         if value is not None and (not isinstance(value, int) or value < 0):
@@ -354,6 +358,125 @@ def _validate_job(res: Resource, obj: Obj) -> None:
                 f"spec.{field}",
                 f"Invalid value: {value}: must be greater than or equal to 0",
             )
+
+
+def _validate_pod_failure_policy(
+    res: Resource, name: str, spec: dict[str, Any], tspec: dict[str, Any]
+) -> None:
+    """The apiserver's checks of spec.podFailurePolicy (batch validation.go)."""
+    policy = tspec.get("restartPolicy")
+    if policy != "Never":
+        raise invalid(
+            res,
+            name,
+            "spec.template.spec.restartPolicy",
+            f'Invalid value: "{policy}": only "Never" is supported when podFailurePolicy '
+            "is specified",
+        )
+    names = {
+        c.get("name") for c in (tspec.get("containers") or []) + (tspec.get("initContainers") or [])
+    }
+    rules = spec["podFailurePolicy"].get("rules") or []
+    if len(rules) > 20:
+        raise invalid(
+            res,
+            name,
+            "spec.podFailurePolicy.rules",
+            f"Too many: {len(rules)}: must have at most 20 items",
+            "FieldValueTooMany",
+        )
+    for i, rule in enumerate(rules):
+        at = f"spec.podFailurePolicy.rules[{i}]"
+        action = rule.get("action")
+        if action not in ("FailJob", "FailIndex", "Ignore", "Count"):
+            raise invalid(
+                res,
+                name,
+                f"{at}.action",
+                f'Unsupported value: "{action}": supported values: '
+                '"Count", "FailIndex", "FailJob", "Ignore"',
+                "FieldValueNotSupported",
+            )
+        if action == "FailIndex" and spec.get("completionMode") != "Indexed":
+            raise invalid(
+                res,
+                name,
+                f"{at}.action",
+                'Invalid value: "FailIndex": The action is only valid for Indexed Jobs',
+            )
+        exit_codes, conditions = rule.get("onExitCodes"), rule.get("onPodConditions")
+        if exit_codes is not None and conditions:
+            raise invalid(
+                res,
+                name,
+                at,
+                "Invalid value: specifying both OnExitCodes and OnPodConditions is not supported",
+            )
+        if exit_codes is None and not conditions:
+            raise invalid(
+                res,
+                name,
+                at,
+                "Invalid value: specifying one of OnExitCodes and OnPodConditions is required",
+            )
+        if exit_codes is not None:
+            container = exit_codes.get("containerName")
+            if container is not None and container not in names:
+                raise invalid(
+                    res,
+                    name,
+                    f"{at}.onExitCodes.containerName",
+                    f'Invalid value: "{container}": must be one of the container or '
+                    "initContainer names in the pod template",
+                )
+            operator = exit_codes.get("operator")
+            if operator not in ("In", "NotIn"):
+                raise invalid(
+                    res,
+                    name,
+                    f"{at}.onExitCodes.operator",
+                    f'Unsupported value: "{operator}": supported values: "In", "NotIn"',
+                    "FieldValueNotSupported",
+                )
+            values = exit_codes.get("values") or []
+            if not values:
+                raise invalid(
+                    res,
+                    name,
+                    f"{at}.onExitCodes.values",
+                    "Required value: at least one value is required",
+                    "FieldValueRequired",
+                )
+            for j, value in enumerate(values):
+                where = f"{at}.onExitCodes.values[{j}]"
+                if operator == "In" and value == 0:
+                    raise invalid(
+                        res, name, where, "Invalid value: 0: must not be 0 for the In operator"
+                    )
+                if j > 0 and value == values[j - 1]:
+                    raise invalid(
+                        res, name, where, f"Duplicate value: {value}", "FieldValueDuplicate"
+                    )
+                if j > 0 and value < values[j - 1]:
+                    raise invalid(res, name, where, f"Invalid value: {value}: must be ordered")
+        for j, pattern in enumerate(conditions or []):
+            if not pattern.get("type"):
+                raise invalid(
+                    res,
+                    name,
+                    f"{at}.onPodConditions[{j}].type",
+                    "Required value",
+                    "FieldValueRequired",
+                )
+            if pattern.get("status", "True") not in ("True", "False", "Unknown"):
+                raise invalid(
+                    res,
+                    name,
+                    f"{at}.onPodConditions[{j}].status",
+                    f'Unsupported value: "{pattern.get("status")}": supported values: '
+                    '"False", "True", "Unknown"',
+                    "FieldValueNotSupported",
+                )
 
 
 def _default_job(obj: Obj) -> None:
@@ -366,7 +489,13 @@ def _default_job(obj: Obj) -> None:
     spec.setdefault("manualSelector", None)
     if spec.get("manualSelector") is None:
         spec.pop("manualSelector")
-    spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
+    # with a podFailurePolicy, a pod is replaced only once it is fully terminal
+    spec.setdefault(
+        "podReplacementPolicy", "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed"
+    )
+    for rule in (spec.get("podFailurePolicy") or {}).get("rules") or []:
+        for pattern in rule.get("onPodConditions") or []:
+            pattern.setdefault("status", "True")
     template = spec["template"]
     template.setdefault("metadata", {})
     _default_pod_spec(template["spec"])
@@ -461,6 +590,14 @@ class Api:
     def __init__(self, store: Store, on_pod_delete: Callable[[Obj, float], None]) -> None:
         self.store = store
         self._on_pod_delete = on_pod_delete  # the kubelet's SIGTERM
+        self._request = threading.local()  # per request: fieldValidation and warnings
+
+    def begin_request(self, field_validation: str | None) -> None:
+        self._request.strict = (field_validation or "").lower() == "strict"
+        self._request.warnings = []
+
+    def warnings(self) -> list[str]:
+        return list(getattr(self._request, "warnings", []))
 
     def _check_body(self, res: Resource, namespace: str, body: Any) -> Obj:
         if not isinstance(body, dict):
@@ -481,6 +618,9 @@ class Api:
                 else f"the kind in the data ({body.get('kind')}) does not match the expected "
                 f"kind ({res.kind})"
             )
+        warnings = schema.decode(res, body, getattr(self._request, "strict", False))
+        if hasattr(self._request, "warnings"):
+            self._request.warnings.extend(warnings)
         meta = body.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise bad_request(

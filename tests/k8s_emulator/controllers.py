@@ -48,6 +48,42 @@ def _owner_uid(obj: Obj) -> str | None:
     return None
 
 
+def pod_failure_action(spec: dict[str, Any], pod: Obj) -> tuple[str, str]:
+    """The action of the first podFailurePolicy rule a failed pod matches ("Count" if none),
+    with the message the Job controller writes."""
+    policy = spec.get("podFailurePolicy")
+    if not policy:
+        return "Count", ""
+    ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    statuses = pod["status"].get("containerStatuses") or []
+    for i, rule in enumerate(policy.get("rules") or []):
+        action = rule["action"]
+        exit_codes = rule.get("onExitCodes")
+        if exit_codes is not None:
+            for cs in statuses:
+                terminated = (cs.get("state") or {}).get("terminated")
+                if not terminated or terminated["exitCode"] == 0:
+                    continue
+                if exit_codes.get("containerName") not in (None, cs["name"]):
+                    continue
+                code = terminated["exitCode"]
+                if (code in exit_codes["values"]) == (exit_codes["operator"] == "In"):
+                    return action, (
+                        f"Container {cs['name']} for pod {ns}/{name} failed with exit code "
+                        f"{code} matching {action} rule at index {i}"
+                    )
+        for pattern in rule.get("onPodConditions") or []:
+            for cond in pod["status"].get("conditions") or []:
+                if cond["type"] == pattern["type"] and cond["status"] == pattern.get(
+                    "status", "True"
+                ):
+                    return action, (
+                        f"Pod {ns}/{name} has condition {cond['type']} matching {action} "
+                        f"rule at index {i}"
+                    )
+    return "Count", ""
+
+
 def _image_id(image: str) -> str:
     digest = hashlib.sha256(image.encode()).hexdigest()
     return f"docker.io/library/{image.split(':')[0]}@sha256:{digest}"
@@ -55,7 +91,9 @@ def _image_id(image: str) -> str:
 
 @dataclass
 class _JobState:
-    counted_failed: set[str] = field(default_factory=set)
+    seen_failed: set[str] = field(default_factory=set)
+    failed: int = 0
+    policy_failure: str | None = None
     last_failure: float = 0.0
     next_create: float = 0.0
     finished_at: float | None = None
@@ -188,13 +226,16 @@ class Controllers:
         now = time.monotonic()
         for pod in pods:
             pod_uid = pod["metadata"]["uid"]
-            if (pod.get("status") or {}).get(
-                "phase"
-            ) == "Failed" and pod_uid not in state.counted_failed:
-                state.counted_failed.add(pod_uid)
+            if pod["status"].get("phase") == "Failed" and pod_uid not in state.seen_failed:
+                state.seen_failed.add(pod_uid)
                 state.last_failure = now
-        failed = max(int(status.get("failed", 0)), 0)
-        failed = len(state.counted_failed) if len(state.counted_failed) > failed else failed
+                action, message = pod_failure_action(spec, pod)
+                if action == "FailJob":
+                    state.policy_failure = state.policy_failure or message
+                    state.failed += 1
+                elif action != "Ignore":  # an ignored failure does not count
+                    state.failed += 1
+        failed = max(int(status.get("failed", 0)), state.failed)
         succeeded = [p for p in pods if p["status"].get("phase") == "Succeeded"]
         terminating = [p for p in pods if p["metadata"].get("deletionTimestamp")]
         active = [
@@ -206,7 +247,11 @@ class Controllers:
         failure_target = next((c for c in conditions if c["type"] == "FailureTarget"), None)
         new_conditions: list[dict[str, Any]] = []
         if failure_target is None:
-            if succeeded:
+            if state.policy_failure:
+                failure_target = _condition(
+                    "FailureTarget", "True", "PodFailurePolicy", state.policy_failure, probe=True
+                )
+            elif succeeded:
                 message = "Reached expected number of succeeded pods"
                 new_conditions = [
                     _condition(

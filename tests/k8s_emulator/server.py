@@ -102,6 +102,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         try:
+            query = parse_qs(urlsplit(self.path).query)
+            self.server.app.api.begin_request(query.get("fieldValidation", [None])[-1])
             self.server.app.handle(self, method, raw)
         except ApiError as exc:
             self.send_json(exc.code, exc.status())
@@ -120,6 +122,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")  # exactly: lightkube compares it
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Audit-Id", "emulator")
+        for warning in self.server.app.api.warnings():
+            self.send_header("Warning", f"299 - {json.dumps(warning)}")
         self.end_headers()
         self.wfile.write(data)
 
