@@ -824,6 +824,20 @@ class Api:
         grace: int | None = None,
         preconditions: dict[str, Any] | None = None,
     ) -> Obj:
+        # One step under the store lock: the garbage collector never sees the owner gone
+        # while its orphans still name it.
+        with self.store.lock:
+            return self._delete(res, namespace, name, propagation, grace, preconditions)
+
+    def _delete(
+        self,
+        res: Resource,
+        namespace: str,
+        name: str,
+        propagation: str | None,
+        grace: int | None,
+        preconditions: dict[str, Any] | None,
+    ) -> Obj:
         obj = self.store.require(res, namespace, name)
         meta = obj["metadata"]
         if preconditions:

@@ -29,8 +29,13 @@ class Image:
 
 
 def _nano(t: datetime.datetime) -> str:
-    """RFC3339Nano as the kubelet stamps log lines (nanoseconds, trailing `Z`)."""
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond:06d}000Z"
+    """Go's RFC3339Nano, as the kubelet stamps log lines: trailing zeros of the fraction
+    trimmed (our clock has microseconds)."""
+    fraction = f"{t.microsecond:06d}".rstrip("0")
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
+
+
+Line = tuple[datetime.datetime, bytes]
 
 
 class LogBuffer:
@@ -38,14 +43,14 @@ class LogBuffer:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._lines: list[tuple[str, bytes]] = []
+        self._lines: list[Line] = []
         self._partial = b""
-        self._partial_time = ""
+        self._partial_time = now()
         self.closed = False
 
     def append(self, data: bytes) -> None:
         with self._cond:
-            stamp = _nano(now())
+            stamp = now()
             if not self._partial:
                 self._partial_time = stamp
             self._partial += data
@@ -65,27 +70,42 @@ class LogBuffer:
             self._cond.notify_all()
 
     @staticmethod
-    def _render(lines: list[tuple[str, bytes]], timestamps: bool) -> bytes:
+    def _render(lines: list[Line], timestamps: bool) -> bytes:
         if timestamps:
-            return b"".join(ts.encode() + b" " + line for ts, line in lines)
+            return b"".join(_nano(ts).encode() + b" " + line for ts, line in lines)
         return b"".join(line for _, line in lines)
 
-    def read(self, tail: int | None, timestamps: bool) -> bytes:
+    @staticmethod
+    def _select(lines: list[Line], tail: int | None, since: datetime.datetime | None) -> list[Line]:
+        if since is not None:
+            lines = [line for line in lines if line[0] >= since]
+        if tail is not None:
+            lines = lines[-tail:] if tail > 0 else []
+        return lines
+
+    def read(
+        self, tail: int | None, timestamps: bool, since: datetime.datetime | None = None
+    ) -> bytes:
         with self._cond:
             lines = list(self._lines)
             if self._partial:
                 lines.append((self._partial_time, self._partial))
-        if tail is not None:
-            lines = lines[-tail:] if tail > 0 else []
-        return self._render(lines, timestamps)
+        return self._render(self._select(lines, tail, since), timestamps)
 
     def follow(
-        self, tail: int | None, timestamps: bool, stopped: Callable[[], bool]
+        self,
+        tail: int | None,
+        timestamps: bool,
+        stopped: Callable[[], bool],
+        since: datetime.datetime | None = None,
     ) -> Iterator[bytes]:
-        """Complete lines as they arrive, until the container's output ends."""
+        """The selected lines so far, then complete lines as they arrive, until the
+        container's output ends."""
         with self._cond:
-            start = 0 if tail is None else max(0, len(self._lines) - tail)
-        index = start
+            first = self._select(self._lines, tail, since)
+            index = len(self._lines)
+        if first:
+            yield self._render(first, timestamps)
         while True:
             with self._cond:
                 while index >= len(self._lines) and not self.closed and not stopped():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import socket
 import ssl
@@ -16,7 +17,17 @@ from urllib.parse import parse_qs, urlsplit
 from .api import Api
 from .auth import Attributes, Authenticator, Identity, authorize, forbidden_message
 from .kubelet import Kubelet
-from .store import RESOURCES, ApiError, Obj, Resource, Store, bad_request, forbidden, resource_for
+from .store import (
+    RESOURCES,
+    ApiError,
+    Obj,
+    Resource,
+    Store,
+    bad_request,
+    forbidden,
+    now,
+    resource_for,
+)
 
 KUBERNETES_VERSION = {"major": "1", "minor": "31"}
 
@@ -310,6 +321,10 @@ class Application:
         tail = _int(query, "tailLines")
         limit = _int(query, "limitBytes")
         timestamps = _flag(query, "timestamps")
+        since_seconds = _int(query, "sinceSeconds")
+        since = (
+            now() - datetime.timedelta(seconds=since_seconds) if since_seconds is not None else None
+        )
         runtime = self.kubelet.runtime(pod["metadata"]["uid"])
         if runtime is None:
             statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
@@ -321,7 +336,7 @@ class Application:
                 f'container "{container}" in pod "{name}" is waiting to start: {reason}'
             )
         if not _flag(query, "follow"):
-            data = runtime.log.read(tail, timestamps)
+            data = runtime.log.read(tail, timestamps, since)
             h.send_text(200, data[:limit] if limit is not None else data)
             return
         h.send_response(200)
@@ -330,7 +345,7 @@ class Application:
         h.end_headers()
         h.wfile.flush()
         sent = 0
-        for chunk in runtime.log.follow(tail, timestamps, h.server.stopping.is_set):
+        for chunk in runtime.log.follow(tail, timestamps, h.server.stopping.is_set, since):
             if limit is not None:
                 chunk = chunk[: max(0, limit - sent)]
             if chunk:
