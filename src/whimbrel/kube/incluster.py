@@ -100,21 +100,20 @@ def run(
 
 
 class _ErrorCapture(io.TextIOBase):
-    """stderr for the command: passed through, and `error: ...` lines kept for the result."""
+    """stderr for the command: passed through, and the `error: ...` message kept.
+
+    The CLI prints an error as one write (`click.echo`), however many lines it has.
+    """
 
     def __init__(self, real: TextIO) -> None:
         self.real = real
         self.messages: list[str] = []
-        self._pending = ""
 
     def write(self, text: str) -> int:
         self.real.write(text)
         self.real.flush()
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            if line.startswith("error: ") or (self.messages and line.startswith(" ")):
-                self.messages.append(line)
+        if text.startswith("error: "):
+            self.messages.append(text.rstrip("\n"))
         return len(text)
 
     def flush(self) -> None:

@@ -285,11 +285,7 @@ class Follower:
                 why = log.last_lines[-1]
             why = _first_line(why)
             self.last_failure = (view.name, log.result, f"{code}{reason}")
-            self.emit(
-                f"pod {view.name} failed ({code}{reason})"
-                + (f": {why}" if why else "")
-                + "; following the Job's next pod, if it makes one"
-            )
+            self.emit(f"pod {view.name} failed ({code}{reason})" + (f": {why}" if why else ""))
         return None
 
     def _log_of(self, view: _PodView) -> _PodLog:
@@ -342,5 +338,7 @@ class Follower:
 
 
 def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line.removeprefix("error: ")
+    """The gist of an error: its first line, and the next one if the first ends with ':'."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    gist = lines[:2] if len(lines) > 1 and lines[0].endswith(":") else lines[:1]
+    return " ".join(gist).removeprefix("error: ")
