@@ -381,3 +381,19 @@ def test_a_pod_waiting_for_its_secret_is_reported_and_followed_once_it_starts(
     assert 'is Pending: CreateContainerConfigError: secret "late-db" not found' in stderr
     assert "app: applying 001_init.up.sql ... applied" in stderr
     assert "Applied 1 migration in 1 set" in stdout
+
+
+def test_a_refusal_no_retry_can_fix_fails_the_job_at_once(
+    rbac: Any, postgres_db: Database, tmp_path: Path
+) -> None:
+    migrations = tree(tmp_path)
+    local = run_cli("migrations", "apply", str(migrations), "--url", postgres_db.url)
+    assert local.returncode == 0, local.stderr
+    (migrations / "app/001_init.up.sql").write_text("CREATE TABLE things (id BIGINT);")
+    result = as_job(rbac, "apply", migrations, "--url", postgres_db.url, "--backoff-limit=3")
+    assert result.returncode == 10, result.stderr
+    (pod,) = pods(rbac)  # podFailurePolicy: exit 8 (refused: drift) is not retried
+    assert f"pod {pod['metadata']['name']} failed (exit code 8, Error)" in result.stderr
+    assert "PodFailurePolicy" in result.stderr
+    last = result.stderr.splitlines()
+    assert "001_init.up.sql was modified after it was applied" in last[-1], result.stderr
