@@ -608,3 +608,22 @@ def test_kubeconfig_problems_are_exit_12_and_say_what(tmp_path: Path) -> None:
     result = run_cli(*base, f"--kubeconfig={kubeconfig}", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert [d["metadata"]["namespace"] for d in yaml.safe_load_all(result.stdout)] == ["t", "t"]
+
+
+def test_a_renewed_lease_outlives_its_duration_and_is_free_once_released(
+    k8s_cluster: Any,
+) -> None:
+    holder = LeaseLock(_client(k8s_cluster), "lock", "default", "pod-a", duration=1)
+    holder.acquire(1)
+    holder.start_renewing()
+    first = _lease(k8s_cluster)["spec"]["renewTime"]
+    other = LeaseLock(_client(k8s_cluster), "lock", "default", "pod-b", duration=1)
+    # Three durations pass; the renewing holder keeps it all along.
+    with pytest.raises(LockTimeout, match="held by pod-a"):
+        other.acquire(3)
+    assert _lease(k8s_cluster)["spec"]["renewTime"] > first
+    holder.release()
+    started = time.monotonic()
+    other.acquire(1)  # at once: released, not expired
+    assert time.monotonic() - started < 0.5
+    assert _lease(k8s_cluster)["spec"]["holderIdentity"] == "pod-b"

@@ -397,3 +397,63 @@ def test_a_refusal_no_retry_can_fix_fails_the_job_at_once(
     assert "PodFailurePolicy" in result.stderr
     last = result.stderr.splitlines()
     assert "001_init.up.sql was modified after it was applied" in last[-1], result.stderr
+
+
+def _operator_kubeconfig(cluster: Any, tmp_path: Path, rules: list[dict[str, Any]]) -> Path:
+    """A kubeconfig for a user (a service account here) allowed only `rules`."""
+    for path, doc in (
+        (_PATHS["ServiceAccount"],
+         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator"}}),
+        (_PATHS["Role"],
+         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+          "metadata": {"name": "operator"}, "rules": rules}),
+        (_PATHS["RoleBinding"],
+         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+          "metadata": {"name": "operator"},
+          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator"},
+          "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": NS}]}),
+    ):  # fmt: skip
+        status, body = cluster.api("POST", path.format(ns=NS), doc)
+        assert status == 201, body
+    config = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    config["users"][0]["user"] = {"token": cluster.service_account_token(NS, "operator")}
+    path = tmp_path / "operator-kubeconfig"
+    path.write_text(json.dumps(config))
+    return path
+
+
+# What the README says the operator needs, and nothing more.
+OPERATOR_RULES = [
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+]
+
+
+def test_the_operator_needs_only_the_documented_permissions(
+    rbac: Any, postgres_db: Database, tmp_path: Path
+) -> None:
+    kubeconfig = _operator_kubeconfig(rbac, tmp_path, OPERATOR_RULES)
+    result = run_cli(
+        "migrations", "apply", str(tree(tmp_path)), "--as-k8s-job", f"--kubeconfig={kubeconfig}",
+        f"--image={IMAGE}", "--url", postgres_db.url,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Applied 1 migration" in result.stdout
+
+
+def test_an_operator_who_cannot_follow_gets_a_clear_error_and_no_job_left(
+    rbac: Any, postgres_db: Database, tmp_path: Path
+) -> None:
+    rules = [r for r in OPERATOR_RULES if r["resources"] != ["pods"]]
+    kubeconfig = _operator_kubeconfig(rbac, tmp_path, rules)
+    result = run_cli(
+        "migrations", "apply", str(tree(tmp_path)), "--as-k8s-job", f"--kubeconfig={kubeconfig}",
+        f"--image={IMAGE}", "--url", postgres_db.url, "--timeout=30",
+    )  # fmt: skip
+    assert result.returncode == 12, result.stderr
+    assert 'cannot list the pods of the Job "whimbrel-apply-' in result.stderr
+    assert 'cannot list resource "pods"' in result.stderr
+    assert "deleted the Job" in result.stderr
+    rbac.wait_for("the Job to go", lambda: not rbac.objects("jobs"))

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import NoReturn, cast
 
 from lightkube import ApiError, Client
 from lightkube.resources.batch_v1 import Job
@@ -129,6 +129,17 @@ def _view(pod: Pod) -> _PodView:
     return _PodView(name, phase, created, started, waiting, exit_code, reason)
 
 
+class _Transient(Exception):
+    """A poll that failed on the way (connection, 5xx, 429): the next one may pass."""
+
+
+def _raise(action: str, exc: Exception) -> NoReturn:
+    code = api.status_code(exc)
+    if code is None or code >= 500 or code == 429:
+        raise _Transient(f"{action}: {api.describe(exc)}") from None
+    api.fail(action, exc)  # 401, 403...: polling again will not help
+
+
 class _PodLog(threading.Thread):
     """Streams one pod's log to `emit`, each line marked with the pod's name.
 
@@ -210,13 +221,28 @@ class Follower:
         self.states: dict[str, str] = {}
         self.failed: list[str] = []
         self.last_failure: tuple[str, PodResult | None, str] | None = None
+        self.unreachable = False  # the last poll failed on the way (warned once)
 
     def run(self) -> PodResult:
         deadline = time.monotonic() + self.timeout
         try:
             while True:
-                job = self._get_job()
-                pods = sorted((_view(p) for p in self._pods()), key=lambda v: (v.created, v.name))
+                try:
+                    job = self._get_job()
+                    listed = self._pods()
+                except _Transient as exc:
+                    if time.monotonic() >= deadline:
+                        raise JobTimeout(
+                            f"timed out after {self.timeout:g} s following the Job "
+                            f'"{self.job.name}": {exc}'
+                        ) from None
+                    if not self.unreachable:
+                        self.emit(f"warning: {exc}; retrying")
+                    self.unreachable = True
+                    time.sleep(POLL_SECONDS)
+                    continue
+                self.unreachable = False
+                pods = sorted((_view(p) for p in listed), key=lambda v: (v.created, v.name))
                 for view in pods:
                     done = self._pod(view, deadline)
                     if done is not None:
@@ -235,14 +261,12 @@ class Follower:
     def _get_job(self) -> Job:
         try:
             return self.client.get(Job, self.job.name, namespace=self.job.namespace)
-        except ApiError as exc:
-            if exc.status.code == 404:
+        except Exception as exc:
+            if api.status_code(exc) == 404:
                 raise JobFailed(
                     f'the Job "{self.job.name}" was deleted before a pod succeeded'
                 ) from None
-            api.fail(f'cannot read the Job "{self.job.name}"', exc)
-        except Exception as exc:
-            api.fail(f'cannot read the Job "{self.job.name}"', exc)
+            _raise(f'cannot read the Job "{self.job.name}"', exc)
 
     def _pods(self) -> list[Pod]:
         try:
@@ -252,7 +276,7 @@ class Follower:
                 )
             )
         except Exception as exc:
-            api.fail(f'cannot list the pods of the Job "{self.job.name}"', exc)
+            _raise(f'cannot list the pods of the Job "{self.job.name}"', exc)
 
     # -- one pod ------------------------------------------------------------------
     def _pod(self, view: _PodView, deadline: float) -> PodResult | None:

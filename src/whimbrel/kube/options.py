@@ -321,7 +321,7 @@ def _run_job(
     timeout: float,
     secrets: Callable[[], list[str]],
 ) -> None:
-    from whimbrel.errors import JobFailed, JobTimeout
+    from whimbrel.errors import JobFailed, JobTimeout, KubeError
     from whimbrel.kube import job as jobs
     from whimbrel.kube.manifests import unique_job_name
     from whimbrel.kube.result import PodResult
@@ -349,8 +349,10 @@ def _run_job(
                 else f'could not delete the Job "{created.name}": delete it with kubectl'
             )
         raise
-    except JobTimeout as exc:
-        assert created is not None
+    except (JobTimeout, KubeError) as exc:
+        if created is None:
+            raise
+        # Nobody would see what it does next: a run reported as failed must stop.
         gone = jobs.delete(client, created)
         exc.message += (
             f'; deleted the Job "{created.name}" and its pods'
