@@ -457,3 +457,17 @@ def test_an_operator_who_cannot_follow_gets_a_clear_error_and_no_job_left(
     assert 'cannot list resource "pods"' in result.stderr
     assert "deleted the Job" in result.stderr
     rbac.wait_for("the Job to go", lambda: not rbac.objects("jobs"))
+
+
+def test_an_image_that_prints_no_result_line_is_a_warning(rbac: Any, tmp_path: Path) -> None:
+    rbac.register_image("echo:1", ["echo"])  # not whimbrel: prints its arguments, exits 0
+    migrations = tree(tmp_path)
+    result = run_cli(
+        "migrations", "apply", str(migrations), "--as-k8s-job", f"--kubeconfig={rbac.kubeconfig}",
+        "--image=echo:1", "--url=postgresql://postgres@127.0.0.1/none",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (pod,) = (p["metadata"]["name"] for p in pods(rbac))
+    assert f"[{pod}] migrations apply --in-cluster {migrations}" in result.stderr
+    assert "without a WHIMBREL-RESULT line" in result.stderr
+    assert result.stdout == ""

@@ -296,6 +296,10 @@ class Follower:
             log.join(max(0.0, min(LOG_GRACE_SECONDS, deadline - time.monotonic()) + 1))
             self.emit(f"pod {view.name} succeeded")
             if log.result is None:
+                self.emit(
+                    f"warning: pod {view.name} ended its log without a WHIMBREL-RESULT line "
+                    "(does the image run this version of whimbrel?): no report to show"
+                )
                 return PodResult(exit_code=0, stdout="", error=None)
             return log.result
         if view.phase == "Failed" and view.name not in self.failed:
