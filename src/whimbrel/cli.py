@@ -11,7 +11,7 @@ import click
 
 from whimbrel import __version__
 from whimbrel.errors import ExitCode, Interrupted, MigrationFailed, UsageError, WhimbrelError
-from whimbrel.kube.options import KUBE_HELP, kube_options
+from whimbrel.kube.options import KUBE_HELP, KubeCommand, kube_options
 from whimbrel.urls import DatabaseURL, parse_url, redact
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def migrations() -> None:
     """Inspect, apply and revert migrations."""
 
 
-@migrations.command(epilog=COMMAND_HELP)
+@migrations.command(cls=KubeCommand, epilog=COMMAND_HELP)
 @path_argument
 @url_option
 @sets_option
@@ -223,7 +223,7 @@ def _run_options(f: F) -> F:
     return f
 
 
-@migrations.command(epilog=COMMAND_HELP)
+@migrations.command(cls=KubeCommand, epilog=COMMAND_HELP)
 @path_argument
 @url_option
 @sets_option
@@ -273,7 +273,7 @@ def apply(
     )
 
 
-@migrations.command(epilog=COMMAND_HELP)
+@migrations.command(cls=KubeCommand, epilog=COMMAND_HELP)
 @path_argument
 @url_option
 @sets_option
@@ -328,7 +328,7 @@ def revert(
     )
 
 
-@migrations.command(epilog=COMMAND_HELP)
+@migrations.command(cls=KubeCommand, epilog=COMMAND_HELP)
 @path_argument
 @url_option
 @click.option("--set", "set_name", required=True, metavar="NAME", help="The set.")

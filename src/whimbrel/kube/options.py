@@ -52,6 +52,23 @@ Kubernetes:
 """
 
 
+class KubeCommand(click.Command):
+    """A command whose help lists the Kubernetes options in a section of their own."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        local: list[tuple[str, str]] = []
+        kube_records: list[tuple[str, str]] = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None or isinstance(param, click.Argument):
+                continue
+            (kube_records if param.name in ALL_PARAMS else local).append(record)
+        for title, records in (("Options", local), ("Kubernetes options", kube_records)):
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
 def _options(own_dry_run: bool) -> list[Callable[[F], F]]:
     opts: list[Callable[[F], F]] = [
         click.option(
@@ -62,52 +79,52 @@ def _options(own_dry_run: bool) -> list[Callable[[F], F]]:
         click.option(
             "--kubeconfig",
             metavar="FILE",
-            help="[k8s] kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).",
+            help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).",
         ),
-        click.option("--context", "kube_context", metavar="NAME", help="[k8s] kubeconfig context."),
+        click.option("--context", "kube_context", metavar="NAME", help="kubeconfig context."),
         click.option(
             "--namespace",
             metavar="NAME",
-            help="[k8s] Namespace of the Job (default: the context's namespace).",
+            help="Namespace of the Job (default: the context's namespace).",
         ),
         click.option(
             "--image",
             envvar=kube.IMAGE_ENV,
             metavar="IMAGE",
-            help=f"[k8s] Image with whimbrel and the migrations (default: ${kube.IMAGE_ENV}).",
+            help=f"Image with whimbrel and the migrations (default: ${kube.IMAGE_ENV}).",
         ),
         click.option(
             "--service-account",
             default=kube.DEFAULT_SERVICE_ACCOUNT,
             show_default=True,
             metavar="NAME",
-            help="[k8s] Service account of the Job's pods (see `whimbrel k8s manifests`).",
+            help="Service account of the Job's pods (see `whimbrel k8s manifests`).",
         ),
         click.option(
             "--backoff-limit",
             type=click.IntRange(min=0),
             default=kube.DEFAULT_BACKOFF_LIMIT,
             show_default=True,
-            help="[k8s] Failed pods the Job replaces before it fails.",
+            help="Failed pods the Job replaces before it fails.",
         ),
         click.option(
             "--ttl-seconds-after-finished",
             type=click.IntRange(min=0),
             default=kube.DEFAULT_TTL_SECONDS,
             show_default=True,
-            help="[k8s] Delete the finished Job (and its pods and Secret) after this long.",
+            help="Delete the finished Job (and its pods and Secret) after this long.",
         ),
         click.option(
             "--label",
             "labels",
             multiple=True,
             metavar="KEY=VALUE",
-            help="[k8s] Label for the Job and its pods (repeatable).",
+            help="Label for the Job and its pods (repeatable).",
         ),
         click.option(
             "--url-secret",
             metavar="NAME[:KEY]",
-            help=f"[k8s] Existing Secret (and key, default {kube.DEFAULT_SECRET_KEY!r}) holding "
+            help=f"Existing Secret (and key, default {kube.DEFAULT_SECRET_KEY!r}) holding "
             "the database URL. Without it, whimbrel creates a Secret owned by the Job.",
         ),
         click.option(
@@ -115,7 +132,7 @@ def _options(own_dry_run: bool) -> list[Callable[[F], F]]:
             type=click.FloatRange(min=1),
             default=kube.DEFAULT_TIMEOUT,
             show_default=True,
-            help="[k8s] Seconds to wait for a pod of the Job to succeed (then exit 11).",
+            help="Seconds to wait for a pod of the Job to succeed (then exit 11).",
         ),
         click.option(
             "--in-cluster",
@@ -127,7 +144,7 @@ def _options(own_dry_run: bool) -> list[Callable[[F], F]]:
             default=kube.DEFAULT_LEASE_NAME,
             show_default=True,
             metavar="NAME",
-            help="[k8s] The Lease that lets one migration pod run at a time.",
+            help="The Lease that lets one migration pod run at a time.",
         ),
     ]
     if own_dry_run:
