@@ -230,7 +230,7 @@ def test_a_bad_image_ends_at_the_timeout(rbac: Any, tmp_path: Path) -> None:
 def test_two_jobs_at_once_one_waits_for_the_lease_and_finds_nothing_to_do(
     rbac: Any, postgres_db: Database, tmp_path: Path
 ) -> None:
-    migrations = tree(tmp_path, {"app/002_slow.up.sql": "SELECT pg_sleep(2);"})
+    migrations = tree(tmp_path, {"app/002_slow.up.sql": "SELECT pg_sleep(3);"})
     argv = job_argv(rbac, "apply", migrations, "--url", postgres_db.url)
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -259,7 +259,7 @@ def test_a_lease_held_by_a_dead_holder_is_taken_over_when_it_expires(
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {"name": LEASE},
-            "spec": {"holderIdentity": "crashed-pod-x1", "leaseDurationSeconds": 3,
+            "spec": {"holderIdentity": "crashed-pod-x1", "leaseDurationSeconds": 4,
                      "acquireTime": now, "renewTime": now, "leaseTransitions": 4},
         },
     )  # fmt: skip
