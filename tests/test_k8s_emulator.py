@@ -326,6 +326,25 @@ def test_bodies_are_decoded_as_the_server_does(cluster: EmulatedCluster) -> None
     assert (status, body["reason"]) == (400, "BadRequest")
 
 
+def test_dry_run_validates_and_writes_nothing(cluster: EmulatedCluster, client: Client) -> None:
+    rv = cluster.store.resource_version
+    made = client.create(Secret(metadata=ObjectMeta(generateName="s-")), dry_run=True)
+    assert made.metadata.name.startswith("s-") and made.metadata.resourceVersion is None
+    assert cluster.objects("secrets") == [] and cluster.store.resource_version == rv
+    with pytest.raises(ApiError) as err:  # still validated
+        client.create(Secret(metadata=ObjectMeta(name="Bad_Name")), dry_run=True)
+    assert err.value.status.code == 422
+    lease = client.create(Lease(metadata=ObjectMeta(name="l"), spec=LeaseSpec(holderIdentity="a")))
+    lease.spec.holderIdentity = "b"
+    assert client.replace(lease, dry_run=True).spec.holderIdentity == "b"
+    client.delete(Lease, "l", dry_run=True)
+    assert client.get(Lease, "l").spec.holderIdentity == "a"
+    lease.metadata.resourceVersion = "1"
+    with pytest.raises(ApiError) as err:  # conflicts too
+        client.replace(lease, dry_run=True)
+    assert err.value.status.code == 409
+
+
 # --- RBAC ------------------------------------------------------------------------------------
 
 

@@ -592,9 +592,13 @@ class Api:
         self._on_pod_delete = on_pod_delete  # the kubelet's SIGTERM
         self._request = threading.local()  # per request: fieldValidation and warnings
 
-    def begin_request(self, field_validation: str | None) -> None:
+    def begin_request(self, field_validation: str | None, dry_run: bool = False) -> None:
         self._request.strict = (field_validation or "").lower() == "strict"
         self._request.warnings = []
+        self._request.dry_run = dry_run
+
+    def _dry_run(self) -> bool:
+        return bool(getattr(self._request, "dry_run", False))
 
     def warnings(self) -> list[str]:
         return list(getattr(self._request, "warnings", []))
@@ -692,7 +696,7 @@ class Api:
             obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = obj[
                 "metadata"
             ].get("name", "")
-        return self.store.create(res, namespace, obj, prepare)
+        return self.store.create(res, namespace, obj, prepare, self._dry_run())
 
     def get(self, res: Resource, namespace: str, name: str) -> Obj:
         return self.store.require(res, namespace, name)
@@ -735,7 +739,7 @@ class Api:
                     obj.pop("status", None)
             if res.plural in ("jobs", "pods") and obj.get("spec") != current.get("spec"):
                 obj["spec"] = self._merge_mutable_spec(res, name, current, obj)
-            return self.store.replace(res, namespace, name, obj, expect_rv)
+            return self.store.replace(res, namespace, name, obj, expect_rv, self._dry_run())
 
     @staticmethod
     def _merge_mutable_spec(res: Resource, name: str, current: Obj, obj: Obj) -> Any:
@@ -859,7 +863,7 @@ class Api:
                 f'Unsupported value: "{propagation}"',
                 "FieldValueNotSupported",
             )
-        if meta.get("deletionTimestamp"):
+        if meta.get("deletionTimestamp") or self._dry_run():
             return obj
         if propagation is None:
             # batch/v1 Jobs orphan by default (the REST strategy's legacy default).

@@ -114,7 +114,12 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         try:
             query = parse_qs(urlsplit(self.path).query)
-            self.server.app.api.begin_request(query.get("fieldValidation", [None])[-1])
+            dry_run = query.get("dryRun", [""])[-1]
+            if dry_run not in ("", "All"):
+                raise bad_request(f'Unsupported value: {dry_run!r}: supported values: "All"')
+            self.server.app.api.begin_request(
+                query.get("fieldValidation", [None])[-1], dry_run == "All"
+            )
             self.server.app.handle(self, method, raw)
         except ApiError as exc:
             self.send_json(exc.code, exc.status())
@@ -282,8 +287,6 @@ class Application:
                     "MethodNotAllowed",
                     "the server does not allow this method on the requested resource",
                 )
-            if _flag(query, "dryRun") or query.get("dryRun"):
-                raise bad_request("the emulator does not support dryRun")
             h.send_json(201, self.api.create(res, namespace, body))
         elif method == "PUT":
             h.send_json(200, self.api.update(res, namespace, name, body))

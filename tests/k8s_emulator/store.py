@@ -242,10 +242,15 @@ class Store:
             return iter([(k, copy.deepcopy(v)) for k, v in self._objects.items()])
 
     def create(
-        self, res: Resource, namespace: str, obj: Obj, prepare: Callable[[Obj], None] | None = None
+        self,
+        res: Resource,
+        namespace: str,
+        obj: Obj,
+        prepare: Callable[[Obj], None] | None = None,
+        dry_run: bool = False,
     ) -> Obj:
-        """Fill in the server-side metadata and store; `prepare` sees the object once it has its
-        name and uid (a Job's selector needs the uid)."""
+        """Fill in the server-side metadata and store (unless `dry_run`); `prepare` sees the
+        object once it has its name and uid (a Job's selector needs the uid)."""
         with self.lock:
             meta = obj.setdefault("metadata", {})
             if not meta.get("name"):
@@ -278,12 +283,21 @@ class Store:
             obj["apiVersion"], obj["kind"] = res.api_version, res.kind
             if prepare is not None:
                 prepare(obj)
+            if dry_run:  # a dry run has no resourceVersion: nothing was written
+                meta.pop("resourceVersion", None)
+                return copy.deepcopy(obj)
             meta["resourceVersion"] = self._bump()
             self._objects[(res.plural, namespace, name)] = obj
             return copy.deepcopy(obj)
 
     def replace(
-        self, res: Resource, namespace: str, name: str, obj: Obj, expect_rv: str | None
+        self,
+        res: Resource,
+        namespace: str,
+        name: str,
+        obj: Obj,
+        expect_rv: str | None,
+        dry_run: bool = False,
     ) -> Obj:
         """Store a new version; `expect_rv` (when given) must be the current resourceVersion."""
         with self.lock:
@@ -311,6 +325,9 @@ class Store:
                 gen = current["metadata"]["generation"]
                 meta["generation"] = gen + 1 if obj.get("spec") != current.get("spec") else gen
             obj["apiVersion"], obj["kind"] = res.api_version, res.kind
+            if dry_run:
+                meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+                return copy.deepcopy(obj)
             meta["resourceVersion"] = self._bump()
             self._objects[key] = obj
             return copy.deepcopy(obj)
