@@ -928,6 +928,40 @@ def test_log_follow_streams_as_output_arrives(
     assert (status, text) == (200, "one\ntwo\npartial")
 
 
+def test_drop_log_streams_ends_them_while_the_container_runs(
+    cluster: EmulatedCluster, client: Client, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    code = (
+        "import pathlib, time\n"
+        "print('one', flush=True)\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.02)\n"
+        "print('two', flush=True)\n"
+    )
+    client.create(python_job("cut", code))
+    pod = cluster.wait_for(
+        "the pod to run",
+        lambda: [p for p in job_pods(client, "cut") if p.status.phase == "Running"],
+    )[0]
+    assert cluster.drop_log_streams() == 0
+    received: list[str] = []
+    ended = threading.Event()
+
+    def consume() -> None:
+        received.extend(client.log(pod.metadata.name, follow=True))
+        ended.set()
+
+    threading.Thread(target=consume, daemon=True).start()
+    cluster.wait_for("the first line", lambda: received == ["one\n"])
+    assert cluster.drop_log_streams() == 1
+    assert ended.wait(5), "the stream was not ended"
+    assert cluster.objects("pods")[0]["status"]["phase"] == "Running"
+    # a new stream is served normally, from the first line
+    go.touch()
+    assert list(client.log(pod.metadata.name, follow=True)) == ["one\n", "two\n"]
+    assert received == ["one\n"]
+
+
 def test_log_tail_lines_and_timestamps(cluster: EmulatedCluster, client: Client) -> None:
     client.create(python_job("tail", "for i in range(5): print(f'line {i}')"))
     cluster.wait_for("the Job to finish", lambda: job_condition(client, "tail"))

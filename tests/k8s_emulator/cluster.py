@@ -201,6 +201,11 @@ class EmulatedCluster:
             runtimes = list(self.kubelet.runtimes.values())
         return [r.process.pid for r in runtimes if r.process is not None and r.exit_code is None]
 
+    def drop_log_streams(self) -> int:
+        """End every `follow=true` log stream in progress, cleanly, while the containers go on
+        running (what an apiserver or kubelet restart does); returns how many were ended."""
+        return self._app.drop_log_streams()
+
     @property
     def errors(self) -> list[str]:
         """Unexpected exceptions in the server or the controllers (tests assert it is empty)."""

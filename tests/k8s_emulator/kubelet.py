@@ -69,6 +69,11 @@ class LogBuffer:
             self.closed = True
             self._cond.notify_all()
 
+    def poke(self) -> None:
+        """Wake the followers, to re-check whether they should stop."""
+        with self._cond:
+            self._cond.notify_all()
+
     @staticmethod
     def _render(lines: list[Line], timestamps: bool) -> bytes:
         if timestamps:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .api import Api
 from .auth import Attributes, Authenticator, Identity, authorize, forbidden_message
-from .kubelet import Kubelet
+from .kubelet import Kubelet, LogBuffer
 from .store import (
     RESOURCES,
     ApiError,
@@ -163,6 +163,17 @@ class Application:
         self.store, self.api, self.authn, self.kubelet = store, api, authn, kubelet
         self._address = server_address
         self.errors: list[str] = []
+        self._streams: set[tuple[threading.Event, LogBuffer]] = set()
+        self._streams_lock = threading.Lock()
+
+    def drop_log_streams(self) -> int:
+        """End every `follow=true` log response in progress (as an apiserver restart does)."""
+        with self._streams_lock:
+            streams = list(self._streams)
+        for cut, log in streams:
+            cut.set()
+            log.poke()
+        return len(streams)
 
     # --- routing ----------------------------------------------------------------------
 
@@ -348,15 +359,27 @@ class Application:
         h.end_headers()
         h.wfile.flush()
         sent = 0
-        for chunk in runtime.log.follow(tail, timestamps, h.server.stopping.is_set, since):
-            if limit is not None:
-                chunk = chunk[: max(0, limit - sent)]
-            if chunk:
-                h.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                h.wfile.flush()
-                sent += len(chunk)
-            if limit is not None and sent >= limit:
-                break
+        cut = threading.Event()
+        stream = (cut, runtime.log)
+        with self._streams_lock:
+            self._streams.add(stream)
+        try:
+
+            def stopped() -> bool:
+                return cut.is_set() or h.server.stopping.is_set()
+
+            for chunk in runtime.log.follow(tail, timestamps, stopped, since):
+                if limit is not None:
+                    chunk = chunk[: max(0, limit - sent)]
+                if chunk:
+                    h.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    h.wfile.flush()
+                    sent += len(chunk)
+                if limit is not None and sent >= limit:
+                    break
+        finally:
+            with self._streams_lock:
+                self._streams.discard(stream)
         h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
 
