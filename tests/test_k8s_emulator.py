@@ -1121,9 +1121,16 @@ def test_teardown_kills_every_pod_process(tmp_path: Path) -> None:
 
         child = int(cluster.wait_for("the child's pid", child_pid))
         (pid,) = cluster.pod_processes()
+        # an idle keep-alive connection, and a log stream in progress, must not hold it up
+        idle = Client(KubeConfig.from_file(cluster.kubeconfig))
+        assert idle.list(Namespace)
+        stream = iter(idle.log("p", follow=True))
+        assert next(stream).strip() == str(child)
     finally:
         started = time.monotonic()
         cluster.close()
     assert not alive(pid) and not alive(child)
     assert time.monotonic() - started < 5
-    assert not [t for t in threading.enumerate() if t.name.startswith(("k8s-emulator", "kubelet-"))]
+    left = ("k8s-emulator", "kubelet-")
+    assert not [t for t in threading.enumerate() if t.name.startswith(left)]
+    assert not [t for t in threading.enumerate() if "process_request_thread" in t.name]
