@@ -720,6 +720,11 @@ def test_background_deletion_removes_pods_and_owned_objects(
         lambda: not cluster.objects("pods") and len(cluster.objects("secrets")) == 1,
     )
     assert [s["metadata"]["name"] for s in cluster.objects("secrets")] == ["unrelated"]
+    bad_owner = {
+        "metadata": {"name": "x", "ownerReferences": [{"kind": "Job", "name": "j", "uid": ""}]}
+    }
+    status, body = cluster.api("POST", "/api/v1/namespaces/default/secrets", bad_owner)
+    assert (status, body["reason"]) == (422, "Invalid")
     assert not alive(pid)
 
 

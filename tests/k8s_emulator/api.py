@@ -570,6 +570,26 @@ def _validate_binding(res: Resource, obj: Obj) -> None:
             raise invalid(res, name, f"subjects[{i}].name", "Required value", "FieldValueRequired")
 
 
+def _validate_owner_references(res: Resource, obj: Obj) -> None:
+    name = obj["metadata"].get("name") or obj["metadata"].get("generateName", "")
+    refs = obj["metadata"].get("ownerReferences") or []
+    field = "metadata.ownerReferences"
+    for ref in refs:
+        for key in ("apiVersion", "kind", "name", "uid"):
+            if not ref.get(key):
+                value = ref.get(key, "")
+                raise invalid(
+                    res,
+                    name,
+                    f"{field}.{key}",
+                    f'Invalid value: "{value}": {key} must not be empty',
+                )
+    if sum(1 for ref in refs if ref.get("controller")) > 1:
+        raise invalid(
+            res, name, field, "Invalid value: only one reference can have Controller set to true"
+        )
+
+
 def _validate_role(res: Resource, obj: Obj) -> None:
     name = obj["metadata"].get("name", "")
     for i, rule in enumerate(obj.get("rules") or []):
@@ -649,6 +669,7 @@ class Api:
         return body
 
     def _validate(self, res: Resource, obj: Obj, creating: bool) -> None:
+        _validate_owner_references(res, obj)
         if res.plural == "leases":
             _validate_lease(res, obj)
         elif res.plural == "secrets":
