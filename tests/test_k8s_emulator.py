@@ -279,7 +279,9 @@ def test_merge_patch_with_stale_resource_version_is_409(
         "2024-01-01T00:00:00.000000",
         "2024-01-01T00:00:00.0000000Z",
         "2024-01-01 00:00:00.000000Z",
-        "2024-01-01T00:00:00.000000+00:00",
+        "2024-01-01T00:00:00.000000+0000",
+        "2024-13-01T00:00:00.000000Z",
+        "1704067200",
     ],
 )
 def test_lease_times_need_six_fractional_digits(cluster: EmulatedCluster, stamp: str) -> None:
@@ -296,6 +298,13 @@ def test_lease_times_need_six_fractional_digits(cluster: EmulatedCluster, stamp:
     )
     assert status == 201, lease
     validate_strict(lease)
+    lease["spec"]["renewTime"] = stamp
+    assert cluster.api("PUT", f"{LEASES}/lock", lease)[0] == 400
+    # Go's layout takes an offset too; the server answers in UTC
+    lease["spec"]["renewTime"] = "2024-01-01T01:30:00.000000+01:00"
+    status, body = cluster.api("PUT", f"{LEASES}/lock", lease)
+    assert status == 200 and body["spec"]["renewTime"] == "2024-01-01T00:30:00.000000Z"
+    lease = body
     lease["spec"]["renewTime"] = stamp
     status, body = cluster.api("PUT", f"{LEASES}/lock", lease)
     assert (status, body["reason"]) == (400, "BadRequest")

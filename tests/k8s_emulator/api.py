@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
+import datetime
 import re
 import threading
 from collections.abc import Callable
@@ -25,7 +27,9 @@ from .store import (
     rfc3339,
 )
 
-_MICROTIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+# Go's layout "2006-01-02T15:04:05.000000Z07:00": exactly six fractional digits, then `Z`
+# or a ±hh:mm offset.
+_MICROTIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})$")
 MICROTIME_LAYOUT = "2006-01-02T15:04:05.000000Z07:00"
 
 
@@ -244,13 +248,20 @@ def _check_microtime(res: Resource, spec: dict[str, Any]) -> None:
         value = spec.get(field)
         if value is None:
             continue
-        if not isinstance(value, str) or not _MICROTIME.match(value):
+        parsed = None
+        if isinstance(value, str) and _MICROTIME.match(value):
+            with contextlib.suppress(ValueError):
+                parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if parsed is None:
             # The apiserver fails decoding the MicroTime before any validation: 400.
             raise bad_request(
                 f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: '
                 f'parsing time "{value}" as "{MICROTIME_LAYOUT}": cannot parse "{value}" as '
                 f'"{MICROTIME_LAYOUT}"'
             )
+        # stored and answered in UTC, as MicroTime marshals
+        utc = parsed.astimezone(datetime.UTC)
+        spec[field] = utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond:06d}Z"
 
 
 def _validate_lease(res: Resource, obj: Obj) -> None:
