@@ -214,6 +214,29 @@ def test_put_with_stale_resource_version_is_409_and_put_replaces(
     assert body["metadata"]["uid"] == lease.metadata.uid
 
 
+def test_concurrent_puts_with_one_resource_version_have_one_winner(
+    cluster: EmulatedCluster,
+) -> None:
+    """The optimistic concurrency the Lease protocol relies on: of racing updates from one
+    read, exactly one succeeds."""
+    status, lease = cluster.api("POST", LEASES, {"metadata": {"name": "lock"}, "spec": {}})
+    assert status == 201
+    results: list[int] = []
+    start = threading.Barrier(8)
+
+    def take(holder: str) -> None:
+        body = {"metadata": dict(lease["metadata"]), "spec": {"holderIdentity": holder}}
+        start.wait()
+        results.append(cluster.api("PUT", f"{LEASES}/lock", body)[0])
+
+    threads = [threading.Thread(target=take, args=(f"pod-{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [200] + [409] * 7
+
+
 def test_put_on_a_lease_without_resource_version_is_422(
     cluster: EmulatedCluster, client: Client
 ) -> None:
