@@ -471,3 +471,32 @@ def test_an_image_that_prints_no_result_line_is_a_warning(rbac: Any, tmp_path: P
     assert f"[{pod}] migrations apply --in-cluster {migrations}" in result.stderr
     assert "without a WHIMBREL-RESULT line" in result.stderr
     assert result.stdout == ""
+
+
+def test_a_log_stream_that_ends_early_is_reopened_without_repeating_lines(
+    rbac: Any, postgres_db: Database, tmp_path: Path
+) -> None:
+    migrations = tree(tmp_path, {"app/002_slow.up.sql": "SELECT pg_sleep(3);"})
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    run = subprocess.Popen(
+        job_argv(rbac, "apply", migrations, "--url", postgres_db.url),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    sleeping = (
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3)%' "
+        "AND pid <> pg_backend_pid()"
+    )
+    rbac.wait_for("the slow migration to run", lambda: postgres_db.query(sleeping)[0][0], 30)
+    # The CLI's stream of the running pod ends, as on an API server restart.
+    assert rbac.drop_log_streams() >= 1
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr
+    (pod,) = (p["metadata"]["name"] for p in pods(rbac))
+    for line in (
+        f'[{pod}] holding the Lease "{LEASE}"',
+        f"[{pod}] app: applying 001_init.up.sql ... applied in",
+        f"[{pod}] app: applying 002_slow.up.sql ... applied in",
+        f'[{pod}] released the Lease "{LEASE}"',
+    ):
+        assert stderr.count(line) == 1, (line, stderr)
+    assert "Applied 2 migrations in 1 set" in stdout
