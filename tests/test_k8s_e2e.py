@@ -335,7 +335,7 @@ def test_ctrl_c_deletes_the_job_and_its_pods(
     )  # fmt: skip
     sleeping = (
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' "
-        "AND pid <> pg_backend_pid()"
+        "AND pid <> pg_backend_pid() AND datname = current_database()"
     )
     rbac.wait_for(
         "the pod's slow migration to run", lambda: postgres_db.query(sleeping)[0][0], timeout=30
@@ -484,7 +484,7 @@ def test_a_log_stream_that_ends_early_is_reopened_without_repeating_lines(
     )  # fmt: skip
     sleeping = (
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3)%' "
-        "AND pid <> pg_backend_pid()"
+        "AND pid <> pg_backend_pid() AND datname = current_database()"
     )
     rbac.wait_for("the slow migration to run", lambda: postgres_db.query(sleeping)[0][0], 30)
     # The CLI's stream of the running pod ends, as on an API server restart.

@@ -77,12 +77,15 @@ def _renamed(settings: JobSettings, name: str, *, own_secret: bool) -> JobSettin
     return replace(settings, name=name, secret_name=name if own_secret else settings.secret_name)
 
 
-def delete(client: Client, job: CreatedJob) -> bool:
-    """Delete the Job with its pods (propagation Background); False if that failed."""
+def delete(client: Client, job: CreatedJob) -> bool | None:
+    """Delete the Job with its pods (propagation Background).
+
+    True when deleted, None when there was no such Job, False when that failed.
+    """
     try:
         client.delete(Job, job.name, namespace=job.namespace, cascade=CascadeType.BACKGROUND)
     except ApiError as exc:
-        return exc.status.code == 404
+        return None if exc.status.code == 404 else False
     except Exception:
         return False
     return True

@@ -358,24 +358,28 @@ def _run_job(
         )
         result = jobs.Follower(client, created, timeout, emit).run()
     except KeyboardInterrupt:
-        if created is not None:
-            gone = jobs.delete(client, created)
+        # Interrupted while creating it, the Job may exist all the same: delete it by name
+        # (its Secret names it as owner, so it goes too).
+        target = created or jobs.CreatedJob(settings.name, settings.namespace, "")
+        outcome = jobs.delete(client, target)
+        if outcome is not None:
             emit(
-                f'deleted the Job "{created.name}" and its pods'
-                if gone
-                else f'could not delete the Job "{created.name}": delete it with kubectl'
+                f'deleted the Job "{target.name}" and its pods'
+                if outcome
+                else f'could not delete the Job "{target.name}": delete it with kubectl'
             )
         raise
     except (JobTimeout, KubeError) as exc:
         if created is None:
             raise
         # Nobody would see what it does next: a run reported as failed must stop.
-        gone = jobs.delete(client, created)
-        exc.message += (
-            f'; deleted the Job "{created.name}" and its pods'
-            if gone
-            else f'; could not delete the Job "{created.name}": delete it with kubectl'
-        )
+        outcome = jobs.delete(client, created)
+        if outcome is not None:
+            exc.message += (
+                f'; deleted the Job "{created.name}" and its pods'
+                if outcome
+                else f'; could not delete the Job "{created.name}": delete it with kubectl'
+            )
         raise
     except JobFailed as exc:
         partial = exc.partial
