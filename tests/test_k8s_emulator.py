@@ -497,13 +497,17 @@ def test_cluster_role_bound_in_a_namespace(cluster: EmulatedCluster) -> None:
 def test_failed_pod_is_replaced_after_the_backoff_then_the_job_completes(
     cluster: EmulatedCluster, client: Client, tmp_path: Path
 ) -> None:
-    cluster.job_backoff_seconds = 0.5
+    cluster.job_backoff_seconds = 1.0
     marker = tmp_path / "first-attempt-done"
+    # each attempt records the time (the first as it exits, the second as it starts): the
+    # emulator's whole-second timestamps cannot show a 1 s back-off, and polling may be late
     code = (
-        "import pathlib, sys\n"
+        "import pathlib, sys, time\n"
         f"m = pathlib.Path({str(marker)!r})\n"
         "if not m.exists():\n"
-        "    m.touch(); print('first attempt fails'); sys.exit(3)\n"
+        "    print('first attempt fails')\n"
+        "    m.write_text(repr(time.time())); sys.exit(3)\n"
+        f"pathlib.Path({str(tmp_path / 'second')!r}).write_text(repr(time.time()))\n"
         "print('second attempt works')\n"
     )
     created = client.create(python_job("migrate", code, backoff_limit=2))
@@ -512,14 +516,6 @@ def test_failed_pod_is_replaced_after_the_backoff_then_the_job_completes(
         "batch.kubernetes.io/controller-uid": created.metadata.uid
     }
 
-    def phases() -> list[str]:
-        return [p["status"].get("phase", "") for p in cluster.objects("pods")]
-
-    cluster.wait_for("the first pod to fail", lambda: phases() == ["Failed"])
-    failed_seen = time.monotonic()
-    cluster.wait_for("the replacement pod", lambda: len(phases()) == 2)
-    # the replacement waited for the backoff (0.5 s) after the failure, less polling slack
-    assert time.monotonic() - failed_seen >= 0.4
     conditions = cluster.wait_for("the Job to finish", lambda: job_condition(client, "migrate"))
     assert conditions == {
         "SuccessCriteriaMet": "CompletionsReached",
@@ -556,6 +552,9 @@ def test_failed_pod_is_replaced_after_the_backoff_then_the_job_completes(
     assert succeeded.status.containerStatuses[0].state.terminated.reason == "Completed"
     assert list(client.log(failed.metadata.name)) == ["first attempt fails\n"]
     assert list(client.log(succeeded.metadata.name)) == ["second attempt works\n"]
+    # the replacement started only after the back-off (1 s) from the failure
+    gap = float((tmp_path / "second").read_text()) - float(marker.read_text())
+    assert gap >= 1.0
 
 
 def test_backoff_limit_exceeded(cluster: EmulatedCluster, client: Client) -> None:
@@ -661,28 +660,58 @@ def test_pod_failure_policy_needs_restart_policy_never(cluster: EmulatedCluster)
     assert status == 422 and 'only "Never" is supported' in answer["message"]
 
 
-def test_active_deadline_and_ttl_after_finished(cluster: EmulatedCluster, client: Client) -> None:
-    client.create(
-        python_job(
-            "slow",
-            "import time; time.sleep(60)",
-            activeDeadlineSeconds=1,
-            ttlSecondsAfterFinished=1,
-        )
+def test_active_deadline_and_ttl_after_finished(
+    cluster: EmulatedCluster, client: Client, tmp_path: Path
+) -> None:
+    # The container records its pid, so no polling has to catch the short Running window.
+    pid_file = tmp_path / "pid"
+    code = (
+        f"import os, pathlib, time\npathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        "time.sleep(60)"
     )
-    pod = cluster.wait_for(
-        "the pod to run",
-        lambda: [p for p in job_pods(client, "slow") if p.status.phase == "Running"],
-    )[0]
-    (pid,) = cluster.pod_processes()
+    # startTime has whole seconds, as on a real cluster: the deadline may come up to 1 s early
+    client.create(python_job("slow", code, activeDeadlineSeconds=3, ttlSecondsAfterFinished=1))
     conditions = cluster.wait_for("the deadline", lambda: job_condition(client, "slow"))
     assert conditions["Failed"] == "DeadlineExceeded"
-    assert not alive(pid)
-    # then the TTL controller deletes the Job, and the pods with it
+    job = client.get(Job, "slow")
+    assert job.status.failed == 1 and not job.status.active
+    assert pid_file.exists() and not alive(int(pid_file.read_text()))
+    # then the TTL controller deletes the Job (and the pods with it, had any remained)
     cluster.wait_for("the TTL", lambda: not cluster.objects("jobs") and not cluster.objects("pods"))
     with pytest.raises(ApiError) as err:
-        client.get(Pod, pod.metadata.name)
+        client.get(Job, "slow")
     assert err.value.status.code == 404
+
+
+def test_restart_policy_on_failure_restarts_in_place(
+    cluster: EmulatedCluster, client: Client, tmp_path: Path
+) -> None:
+    cluster.job_backoff_seconds = 0.05
+    counter = tmp_path / "runs"
+    code = (
+        f"import pathlib, sys\nc = pathlib.Path({str(counter)!r})\n"
+        "n = int(c.read_text()) if c.exists() else 0\nc.write_text(str(n + 1))\n"
+        "print('run', n)\nsys.exit(1 if n < 2 else 0)\n"
+    )
+    job = python_job("retry", code, backoff_limit=3)
+    job.spec.template.spec.restartPolicy = "OnFailure"
+    client.create(job)
+    assert cluster.wait_for("the Job to finish", lambda: job_condition(client, "retry"))["Complete"]
+    (pod,) = job_pods(client, "retry")  # one pod, its container restarted twice
+    status = pod.status.containerStatuses[0]
+    assert pod.status.phase == "Succeeded" and status.restartCount == 2
+    assert status.lastState.terminated.exitCode == 1
+    validate_strict(pod.to_dict())
+    assert list(client.log(pod.metadata.name)) == ["run 2\n"]  # the current container's log
+
+    # restarts count toward the backoff limit; the pod is then killed and counted as failed
+    job = python_job("crashing", "raise SystemExit(1)", backoff_limit=1)
+    job.spec.template.spec.restartPolicy = "OnFailure"
+    client.create(job)
+    conditions = cluster.wait_for("the Job to fail", lambda: job_condition(client, "crashing"))
+    assert conditions["Failed"] == "BackoffLimitExceeded"
+    assert client.get(Job, "crashing").status.failed == 1
+    cluster.wait_for("the pod to go", lambda: not job_pods(client, "crashing"))
 
 
 def test_jobs_need_restart_policy_never_or_on_failure(cluster: EmulatedCluster) -> None:

@@ -236,6 +236,13 @@ class Controllers:
                 elif action != "Ignore":  # an ignored failure does not count
                     state.failed += 1
         failed = max(int(status.get("failed", 0)), state.failed)
+        # restartPolicy OnFailure: the container restarts in place; its restarts count
+        restarts = sum(
+            cs.get("restartCount", 0)
+            for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            for cs in p["status"].get("containerStatuses") or []
+        )
         succeeded = [p for p in pods if p["status"].get("phase") == "Succeeded"]
         terminating = [p for p in pods if p["metadata"].get("deletionTimestamp")]
         active = [
@@ -259,7 +266,7 @@ class Controllers:
                     ),
                     _condition("Complete", "True", "CompletionsReached", message, probe=True),
                 ]
-            elif failed > int(spec.get("backoffLimit", 6)):
+            elif failed + restarts > int(spec.get("backoffLimit", 6)):
                 failure_target = _condition(
                     "FailureTarget",
                     "True",
@@ -285,9 +292,13 @@ class Controllers:
             if failure_target is not None:
                 new_conditions = [failure_target]
         if failure_target is not None:
-            for pod in active:  # a failed Job's running pods are terminated
+            for pod in active:  # a failed Job's running pods are terminated, and count as failed
                 with contextlib.suppress(ApiError):
                     self.api.delete(PODS, ns, pod["metadata"]["name"], "Background")
+                    if pod["metadata"]["uid"] not in state.seen_failed:
+                        state.seen_failed.add(pod["metadata"]["uid"])
+                        state.failed += 1
+                        failed += 1
             if not active and not terminating:
                 failed_cond = dict(failure_target)
                 failed_cond.update(
@@ -397,7 +408,12 @@ class Controllers:
                 grace = float(meta.get("deletionGracePeriodSeconds") or 0)
                 self.kubelet.terminate(uid, min(grace, MAX_GRACE_SECONDS))
             return
-        if runtime is not None or pod["status"].get("phase") != "Pending":
+        if runtime is not None:
+            if runtime.restart_at is not None and time.monotonic() >= runtime.restart_at:
+                runtime.restart_at = None
+                self._start(pod)
+            return
+        if pod["status"].get("phase") != "Pending":
             return
         state = self._pods.setdefault(uid, _PodState())
         now = time.monotonic()
@@ -430,13 +446,17 @@ class Controllers:
             self._set_waiting(pod, "CreateContainerConfigError", str(exc))
             state.next_try = now + 0.2
             return
+        if not self._start(pod):
+            state.next_try = now + 0.2
+
+    def _start(self, pod: Obj) -> bool:
         try:
             runtime = self.kubelet.start(pod)
         except ContainerConfigError as exc:  # the Secret went away meanwhile
             self._set_waiting(pod, "CreateContainerConfigError", str(exc))
-            state.next_try = now + 0.2
-            return
+            return False
         self.publish(pod, runtime)
+        return True
 
     def _container_base(self, container: dict[str, Any]) -> dict[str, Any]:
         image = container["image"]
@@ -500,6 +520,15 @@ class Controllers:
         with self._publish_lock:
             exit_code = runtime.exit_code
 
+            policy = pod["spec"].get("restartPolicy", "Always")
+            restart = (
+                exit_code is not None
+                and not meta.get("deletionTimestamp")
+                and (policy == "Always" or (policy == "OnFailure" and exit_code != 0))
+            )
+            if restart:  # the kubelet restarts the container in place, after a back-off
+                runtime.restart_at = time.monotonic() + float(self._backoff())
+
             def update(o: Obj) -> None:
                 if o["metadata"]["uid"] != meta["uid"]:
                     return
@@ -508,6 +537,10 @@ class Controllers:
                 base = self._container_base(container)
                 base["containerID"] = runtime.container_id
                 stamp = rfc3339()
+                previous = (st.get("containerStatuses") or [{}])[0]
+                base["restartCount"] = previous.get("restartCount", 0)
+                if "lastState" in previous:
+                    base["lastState"] = previous["lastState"]
                 if exit_code is None:
                     st["phase"] = "Running"
                     st["podIP"] = "127.0.0.1"
@@ -539,6 +572,28 @@ class Controllers:
                     }
                     if runtime.process is None:
                         terminated["message"] = runtime.log.read(None, False).decode().strip()
+                    if restart:
+                        name, ns = o["metadata"]["name"], o["metadata"]["namespace"]
+                        base["restartCount"] += 1
+                        base["lastState"] = {"terminated": terminated}
+                        message = (
+                            f"back-off {self._backoff()}s restarting failed "
+                            f"container={container['name']} pod={name}_{ns}({meta['uid']})"
+                        )
+                        st["containerStatuses"] = [
+                            {
+                                **base,
+                                "ready": False,
+                                "started": False,
+                                "state": {
+                                    "waiting": {"reason": "CrashLoopBackOff", "message": message}
+                                },
+                            }
+                        ]
+                        ready = {"Ready": "False", "ContainersReady": "False"}
+                        reason = "ContainersNotReady"
+                        self._set_conditions(st, ready, reason, stamp)
+                        return
                     st["phase"] = "Succeeded" if exit_code == 0 else "Failed"
                     st["containerStatuses"] = [
                         {
@@ -554,13 +609,19 @@ class Controllers:
                         "PodReadyToStartContainers": "False",
                     }
                     reason = "PodCompleted"
-                for cond in st.get("conditions") or []:
-                    if cond["type"] in ready and cond["status"] != ready[cond["type"]]:
-                        cond["status"] = ready[cond["type"]]
-                        cond["lastTransitionTime"] = stamp
-                        cond.pop("message", None)
-                        cond.pop("reason", None)
-                        if reason and cond["type"] in ("Ready", "ContainersReady"):
-                            cond["reason"] = reason
+                self._set_conditions(st, ready, reason, stamp)
 
             self.store.mutate(PODS, meta["namespace"], meta["name"], update)
+
+    @staticmethod
+    def _set_conditions(
+        st: dict[str, Any], wanted: dict[str, str], reason: str | None, stamp: str
+    ) -> None:
+        for cond in st.get("conditions") or []:
+            if cond["type"] in wanted and cond["status"] != wanted[cond["type"]]:
+                cond["status"] = wanted[cond["type"]]
+                cond["lastTransitionTime"] = stamp
+                cond.pop("message", None)
+                cond.pop("reason", None)
+                if reason and cond["type"] in ("Ready", "ContainersReady"):
+                    cond["reason"] = reason

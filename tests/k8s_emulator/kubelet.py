@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import hashlib
 import os
 import re
 import shutil
@@ -139,6 +140,7 @@ class Runtime:
     exit_code: int | None = None
     finished_at: str | None = None
     kill_deadline: float | None = None
+    restart_at: float | None = None  # restartPolicy OnFailure/Always: when to start again
     reader: threading.Thread | None = None
 
 
@@ -282,7 +284,11 @@ class Kubelet:
         cwd = container.get("workingDir") or image.workdir or str(folder / "home")
         log = LogBuffer()
         started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        container_id = "containerd://" + pod["metadata"]["uid"].replace("-", "")
+        # a new id per container run (restarts included)
+        container_id = (
+            "containerd://"
+            + hashlib.sha256(f"{pod['metadata']['uid']}/{time.time_ns()}".encode()).hexdigest()
+        )
         runtime = Runtime(None, log, started, container_id)
         executable = argv[0] if argv else ""
         if executable and "/" not in executable:

@@ -75,7 +75,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
-    timeout = 30  # an idle keep-alive connection's thread ends after this
+    timeout = 120  # an idle keep-alive connection's thread ends after this (close() cuts it)
 
     def setup(self) -> None:
         self.request.settimeout(self.timeout)
