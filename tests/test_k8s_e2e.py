@@ -500,3 +500,25 @@ def test_a_log_stream_that_ends_early_is_reopened_without_repeating_lines(
     ):
         assert stderr.count(line) == 1, (line, stderr)
     assert "Applied 2 migrations in 1 set" in stdout
+
+
+def test_revert_through_a_job_reports_as_json(
+    rbac: Any, postgres_db: Database, tmp_path: Path
+) -> None:
+    migrations = tree(
+        tmp_path,
+        {
+            "app/002_more.up.sql": "ALTER TABLE things ADD name TEXT;",
+            "app/002_more.down.sql": "ALTER TABLE things DROP name;",
+        },
+    )
+    local = run_cli("migrations", "apply", str(migrations), "--url", postgres_db.url)
+    assert local.returncode == 0, local.stderr
+    result = as_job(rbac, "revert", migrations, "--url", postgres_db.url, "--steps=1", "-ojson")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["command"] == "revert"
+    assert [(m["file"], m["direction"], m["status"]) for m in doc["migrations"]] == [
+        ("002_more.down.sql", "down", "reverted")
+    ]
+    assert [r[:2] for r in postgres_db.tracking("app")] == [(1, "applied")]
