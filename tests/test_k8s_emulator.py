@@ -922,6 +922,22 @@ def test_unknown_image_stays_pending_and_its_log_is_400(
     assert job_condition(client, "badimage") is None
 
 
+def test_a_pod_with_two_containers_is_refused_loudly(cluster: EmulatedCluster) -> None:
+    container = {"name": "a", "image": PY, "args": ["pass"]}
+    pod = {
+        "metadata": {"name": "two"},
+        "spec": {"restartPolicy": "Never", "containers": [container, {**container, "name": "b"}]},
+    }
+    assert cluster.api("POST", "/api/v1/namespaces/default/pods", pod)[0] == 201
+
+    def waiting() -> str:
+        statuses = cluster.objects("pods")[0]["status"].get("containerStatuses") or [{}]
+        return str(statuses[0].get("state", {}).get("waiting", {}).get("reason", ""))
+
+    assert cluster.wait_for("the refusal", lambda: waiting() == "CreateContainerError")
+    assert cluster.pod_processes() == []
+
+
 def test_missing_secret_is_create_container_config_error(
     cluster: EmulatedCluster, client: Client
 ) -> None:

@@ -423,6 +423,13 @@ class Controllers:
         if not pod["spec"].get("nodeName"):
             self._schedule(pod, container)
             return
+        if len(pod["spec"]["containers"]) > 1 or pod["spec"].get("initContainers"):
+            # Loud rather than silently running only the first container.
+            self._set_waiting(
+                pod, "CreateContainerError", "the emulator runs exactly one container per pod"
+            )
+            state.next_try = now + 1.0
+            return
         image = container["image"]
         if image not in self.kubelet.images:
             if state.pull_started is None:
