@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from k8s_emulator.fixture import k8s_cluster  # noqa: F401  (the Kubernetes emulator)
+
 POSTGRES_URL = os.environ.get(
     "WHIMBREL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )

@@ -12,6 +12,7 @@ import click
 
 from whimbrel import __version__
 from whimbrel.errors import ExitCode, Interrupted, UsageError, WhimbrelError
+from whimbrel.kube.options import KUBE_HELP, KubeCommand, kube_options
 from whimbrel.urls import DatabaseURL, parse_url, redact
 
 if TYPE_CHECKING:
@@ -34,8 +35,13 @@ Exit codes:
   9   a database error outside any migration (e.g. no permission to create the tracking table)
   10  --manifest/bundle: files added, missing or altered, or another engine; nothing ran
   11  --manifest/bundle: malformed manifest, unknown reference or cycle, unsafe bundle
+  12  --as-k8s-job: the Job failed (its pods failed backoffLimit + 1 times)
+  13  --as-k8s-job: --timeout passed before a pod succeeded (the Job is deleted)
+  14  Kubernetes API error: unreachable, bad kubeconfig, or a missing RBAC permission
   130 interrupted (Ctrl-C); 143 terminated (SIGTERM)
 """
+
+COMMAND_HELP = EXIT_CODES_HELP + "\n" + KUBE_HELP
 
 # Secrets of the URL in use, so that every message printed can be scrubbed of them.
 _secrets: list[str] = []
@@ -193,7 +199,7 @@ def migrations() -> None:
     """Inspect, apply and revert migrations; manifests, bundles and provisioning; watch."""
 
 
-@migrations.command(epilog=EXIT_CODES_HELP)
+@migrations.command(cls=KubeCommand, epilog=COMMAND_HELP)
 @path_argument
 @url_option
 @sets_option
@@ -201,6 +207,7 @@ def migrations() -> None:
 @timeouts
 @manifest_options
 @wait_options
+@kube_options("inspect", own_dry_run=True, parse=_parse, secrets=lambda: _secrets)
 def inspect(
     path: str,
     url: str | None,
@@ -271,7 +278,10 @@ def _run_and_report(
 
 def _run_options(f: F) -> F:
     f = click.option(
-        "--dry-run", is_flag=True, help="Print what would run, in order, and change nothing."
+        "--dry-run",
+        is_flag=True,
+        help="Print what would run, in order, and change nothing. With --as-k8s-job: print "
+        "the Job and Secret as YAML and create nothing.",
     )(f)
     f = click.option(
         "--allow-drift",
@@ -287,7 +297,7 @@ def _run_options(f: F) -> F:
     return f
 
 
-@migrations.command(epilog=EXIT_CODES_HELP)
+@migrations.command(cls=KubeCommand, epilog=COMMAND_HELP)
 @path_argument
 @url_option
 @sets_option
@@ -303,6 +313,7 @@ def _run_options(f: F) -> F:
 @manifest_options
 @create_db_option
 @wait_options
+@kube_options("apply", own_dry_run=False, parse=_parse, secrets=lambda: _secrets)
 def apply(
     path: str,
     url: str | None,
@@ -347,7 +358,7 @@ def apply(
     )
 
 
-@migrations.command(epilog=EXIT_CODES_HELP)
+@migrations.command(cls=KubeCommand, epilog=COMMAND_HELP)
 @path_argument
 @url_option
 @sets_option
@@ -366,6 +377,7 @@ def apply(
 @timeouts
 @manifest_options
 @wait_options
+@kube_options("revert", own_dry_run=False, parse=_parse, secrets=lambda: _secrets)
 def revert(
     path: str,
     url: str | None,
@@ -409,7 +421,7 @@ def revert(
     )
 
 
-@migrations.command(epilog=EXIT_CODES_HELP)
+@migrations.command(cls=KubeCommand, epilog=COMMAND_HELP)
 @path_argument
 @url_option
 @click.option("--set", "set_name", required=True, metavar="NAME", help="The set.")
@@ -422,6 +434,7 @@ def revert(
 )
 @lock_timeout
 @timeouts
+@kube_options("mark", own_dry_run=True, parse=_parse, secrets=lambda: _secrets)
 def mark(
     path: str,
     url: str | None,
@@ -722,7 +735,7 @@ def provision(
             reporter=reporter,
         )
     except WhimbrelError as exc:
-        if reporter is not None and isinstance(exc, MigrationFailed):
+        if reporter is not None:  # ends a running step's line; nothing otherwise
             reporter.failed()
         if as_json:
             partial = exc.partial if isinstance(exc.partial, api.ProvisionResult) else None
@@ -826,8 +839,7 @@ def watch(
 
     def show(event: WatchEvent) -> None:
         if event.kind == "error":
-            if isinstance(event.error, MigrationFailed):
-                reporter.failed()
+            reporter.failed()  # ends a running step's line; nothing otherwise
             click.echo(redact(f"error: {event.message}", _secrets), err=True)
             click.echo("(still watching: fix the file and save it to retry)", err=True)
         elif event.kind == "reconcile":
@@ -855,6 +867,63 @@ def watch(
     except KeyboardInterrupt:
         click.echo("stopped watching")
         sys.exit(ExitCode.OK)
+
+
+@main.group()
+def k8s() -> None:
+    """Kubernetes: what a cluster needs to run migrations as Jobs (--as-k8s-job)."""
+
+
+@k8s.command()
+@click.option(
+    "--namespace",
+    default="default",
+    show_default=True,
+    metavar="NAME",
+    help="Namespace of the Jobs (and so of the Lease).",
+)
+@click.option(
+    "--service-account",
+    default="whimbrel-migrations",
+    show_default=True,
+    metavar="NAME",
+    help="Name of the ServiceAccount (--service-account of --as-k8s-job).",
+)
+@click.option(
+    "--role-name",
+    default="whimbrel-migrations",
+    show_default=True,
+    metavar="NAME",
+    help="Name of the Role and the RoleBinding.",
+)
+@click.option(
+    "--lease-name",
+    default="migration-job-lock",
+    show_default=True,
+    metavar="NAME",
+    help="The Lease the pods take (--lease-name of --as-k8s-job).",
+)
+def manifests(namespace: str, service_account: str, role_name: str, lease_name: str) -> None:
+    """Print the ServiceAccount, Role and RoleBinding the migration Jobs need, as YAML.
+
+    Least privilege: get, create and update on one Lease (coordination.k8s.io), nothing
+    else. Apply with `whimbrel k8s manifests | kubectl apply -f -`, or put it in a chart.
+    """
+    from whimbrel.kube import manifests as kube_manifests
+
+    for value, what in (
+        (namespace, "--namespace"),
+        (service_account, "--service-account"),
+        (role_name, "--role-name"),
+        (lease_name, "--lease-name"),
+    ):
+        kube_manifests.check_name(value, what)
+    docs = kube_manifests.rbac_manifests(namespace, service_account, role_name, lease_name)
+    header = (
+        "RBAC for `whimbrel migrations ... --as-k8s-job`: the Job's pods hold the Lease\n"
+        f'"{lease_name}" while they migrate. Apply: whimbrel k8s manifests | kubectl apply -f -'
+    )
+    click.echo(kube_manifests.to_yaml(docs, header), nl=False)
 
 
 _signal_received: list[int] = []

@@ -22,6 +22,10 @@ class ExitCode(IntEnum):
     DATABASE_ERROR = 9
     MANIFEST_MISMATCH = 10
     INVALID_MANIFEST = 11
+    # --as-k8s-job / --in-cluster (whimbrel.kube):
+    K8S_JOB_FAILED = 12  # the Job failed: its pods failed backoffLimit + 1 times, or a deadline
+    K8S_TIMEOUT = 13  # --timeout passed before a pod of the Job succeeded
+    K8S_API = 14  # the Kubernetes API refused or could not be reached (RBAC, kubeconfig)
     INTERRUPTED = 130
 
 
@@ -87,6 +91,24 @@ class DatabaseError(WhimbrelError):
     """The database refused whimbrel's own work (permissions, timeouts), outside any migration."""
 
     exit_code = ExitCode.DATABASE_ERROR
+
+
+class KubeError(WhimbrelError):
+    """The Kubernetes API refused a request, or could not be reached or configured."""
+
+    exit_code = ExitCode.K8S_API
+
+
+class JobFailed(WhimbrelError):
+    """The migration Job failed for good (BackoffLimitExceeded, DeadlineExceeded, deleted)."""
+
+    exit_code = ExitCode.K8S_JOB_FAILED
+
+
+class JobTimeout(WhimbrelError):
+    """No pod of the migration Job succeeded within --timeout."""
+
+    exit_code = ExitCode.K8S_TIMEOUT
 
 
 class MigrationFailed(WhimbrelError):

@@ -1,0 +1,5 @@
+"""A Kubernetes API server emulator for whimbrel's tests (see CONTRACT.md)."""
+
+from .cluster import EmulatedCluster
+
+__all__ = ["EmulatedCluster"]
