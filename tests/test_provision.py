@@ -335,3 +335,14 @@ def test_concurrent_provisioners_create_once_and_apply_once(fresh_url: tuple[str
         "20231103205514_init.sql",
         "20240704103403_create_module_secrets.sql",
     ]
+
+
+def test_provision_text_failure_is_a_clean_error() -> None:
+    """Text output: a failure is an error line with its exit code, never a traceback."""
+    url = f"postgresql://postgres:pw-XYZ@127.0.0.1:{free_port()}/appdb"
+    result = run_cli("migrations", "provision", str(EXAMPLES / "ftl/db"), "--url", url,
+                     "--wait-timeout", "0.5")  # fmt: skip
+    assert result.returncode == ExitCode.CONNECTION, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: gave up after 0.5 s" in result.stderr
+    assert "pw-XYZ" not in result.stdout + result.stderr

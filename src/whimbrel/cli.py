@@ -722,7 +722,7 @@ def provision(
             reporter=reporter,
         )
     except WhimbrelError as exc:
-        if reporter is not None and isinstance(exc, MigrationFailed):
+        if reporter is not None:  # ends a running step's line, whatever the error
             reporter.failed()
         if as_json:
             partial = exc.partial if isinstance(exc.partial, api.ProvisionResult) else None
@@ -826,8 +826,7 @@ def watch(
 
     def show(event: WatchEvent) -> None:
         if event.kind == "error":
-            if isinstance(event.error, MigrationFailed):
-                reporter.failed()
+            reporter.failed()  # ends a running step's line, if any
             click.echo(redact(f"error: {event.message}", _secrets), err=True)
             click.echo("(still watching: fix the file and save it to retry)", err=True)
         elif event.kind == "reconcile":
