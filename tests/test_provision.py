@@ -346,3 +346,13 @@ def test_provision_text_failure_is_a_clean_error() -> None:
     assert "Traceback" not in result.stderr
     assert "error: gave up after 0.5 s" in result.stderr
     assert "pw-XYZ" not in result.stdout + result.stderr
+
+
+def test_provision_no_create_db_requires_the_database(fresh_url: tuple[str, str]) -> None:
+    """--no-create-db: a missing database (a SQLite file too) is exit 6, and stays missing."""
+    _, url = fresh_url
+    result = run_cli("migrations", "provision", str(EXAMPLES / "ftl/db"), "--url", url,
+                     "--no-create-db", "--wait-timeout", "0.5")  # fmt: skip
+    assert result.returncode == ExitCode.CONNECTION, result.stdout + result.stderr
+    assert "does not exist" in result.stderr
+    assert provision.database_exists(url) is False

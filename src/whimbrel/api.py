@@ -440,7 +440,9 @@ def provision(
             prov.wait_until_ready(
                 parsed,
                 wait_timeout,
-                need_database=not create_db and parsed.dialect != "sqlite",
+                # Without create_db the database must exist, a SQLite file too: provision
+                # never creates what it was told not to.
+                need_database=not create_db,
                 connect_timeout=connect_timeout,
                 on_retry=_wait_notes(reporter, parsed, wait_timeout),
             )
