@@ -287,3 +287,14 @@ def test_the_bytes_are_pinned(tmp_path: Path) -> None:
     assert f"sha256 {info.sha256}\n" in readme
     assert f"manifest sha256 {info.manifest_sha256}\n" in readme
     assert info.sha256 == "226c093b8db9656e0d2058aac03e0c89c4be78af015491762d7056c40c737753"
+
+
+def test_a_migration_file_as_path_says_a_folder_is_wanted(tmp_path: Path) -> None:
+    migration = tmp_path / "001_t.sql"
+    migration.write_bytes(MIGRATION)
+    result = run_cli("migrations", "apply", str(migration), "--url", f"sqlite:///{tmp_path}/x.db")
+    assert result.returncode == ExitCode.INVALID_MANIFEST, result.stderr
+    assert "a file PATH is read as a bundle: to run migration files, pass their folder" in (
+        result.stderr
+    )
+    assert not (tmp_path / "x.db").exists()

@@ -204,7 +204,10 @@ def _extract(source: str, root: Path) -> manifests.Manifest:
         if isinstance(exc, tarfile.FilterError):
             raise bad(str(exc)) from None
         if isinstance(exc, tarfile.ReadError) and "could not be opened" in str(exc):
-            raise bad("not a tar archive (nor a gzip, bzip2 or xz compressed one)") from None
+            raise bad(
+                "not a tar archive (nor a gzip, bzip2 or xz compressed one); a file PATH is "
+                "read as a bundle: to run migration files, pass their folder"
+            ) from None
         raise bad(f"cannot read it as a tar archive: {str(exc).splitlines()[0]}") from None
     if manifest is None:
         raise bad(f"no {MANIFEST_NAME} member")
