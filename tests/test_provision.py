@@ -356,3 +356,14 @@ def test_provision_no_create_db_requires_the_database(fresh_url: tuple[str, str]
     assert result.returncode == ExitCode.CONNECTION, result.stdout + result.stderr
     assert "does not exist" in result.stderr
     assert provision.database_exists(url) is False
+
+
+def test_an_unusable_postgres_url_is_a_usage_error_not_a_traceback() -> None:
+    url = "postgresql://u:pw-XYZ@127.0.0.1:1/appdb?nosuchoption=1"
+    for args in (("provision", "--wait-timeout", "0.5"), ("apply", "--create-db")):
+        command, *options = args
+        result = run_cli("migrations", command, str(EXAMPLES / "ftl/db"), "--url", url, *options)
+        assert result.returncode == ExitCode.USAGE, result.stderr
+        assert "Traceback" not in result.stderr
+        assert 'invalid URI query parameter: "nosuchoption"' in result.stderr
+        assert "pw-XYZ" not in result.stdout + result.stderr

@@ -73,10 +73,16 @@ def database_name(url: str | DatabaseURL) -> str:
         return parsed.path
     name = parsed.database
     if parsed.dialect == "postgres":
+        import psycopg
         from psycopg.conninfo import conninfo_to_dict
 
         # As libpq: ?dbname=..., the path, $PGDATABASE, else the user name.
-        params = conninfo_to_dict(parsed.raw)
+        try:
+            params = conninfo_to_dict(parsed.raw)
+        except psycopg.Error as exc:  # e.g. an unknown ?parameter
+            raise UsageError(
+                f"the URL {parsed} cannot be used: {redact(str(exc), parsed.secrets())}"
+            ) from None
         name = str(params.get("dbname") or "") or name or os.environ.get("PGDATABASE")
         if not name:
             name = str(params.get("user") or "") or os.environ.get("PGUSER") or _os_user()
