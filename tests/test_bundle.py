@@ -298,3 +298,28 @@ def test_a_migration_file_as_path_says_a_folder_is_wanted(tmp_path: Path) -> Non
         result.stderr
     )
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_oversized_tar_headers_are_refused_before_reading_them(
+    compress: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pax header is read into memory by tarfile whatever its size: a (gzip) bomb in a
+    header must hit the archive's size cap, not the machine's memory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        manifest = tarfile.TarInfo(MANIFEST[0])
+        manifest.size = len(MANIFEST[1])
+        tar.addfile(manifest, io.BytesIO(MANIFEST[1]))
+        ((name, data),) = GOOD.items()
+        member = tarfile.TarInfo(name)
+        member.size = len(data)
+        member.pax_headers = {"comment": "x" * 1_000_000}
+        tar.addfile(member, io.BytesIO(data))
+    bundle = tmp_path / ("b.tar.gz" if compress else "b.tar")
+    bundle.write_bytes(gzip.compress(buffer.getvalue()) if compress else buffer.getvalue())
+    assert whimbrel.verify_manifest(bundle)  # within the real limits: fine
+    monkeypatch.setattr(bundles, "MAX_TOTAL_BYTES", 10_000)
+    monkeypatch.setattr(bundles, "MAX_MEMBERS", 5)
+    with pytest.raises(whimbrel.InvalidManifestError, match="bytes in all"):
+        whimbrel.verify_manifest(bundle)
