@@ -367,3 +367,24 @@ def test_an_unusable_postgres_url_is_a_usage_error_not_a_traceback() -> None:
         assert "Traceback" not in result.stderr
         assert 'invalid URI query parameter: "nosuchoption"' in result.stderr
         assert "pw-XYZ" not in result.stdout + result.stderr
+
+
+def test_postgres_without_access_to_the_maintenance_database(
+    postgres_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user of just its own database (pg_hba.conf allows nothing else): --create-db and
+    provision go on when that database exists, and still fail clearly when it does not."""
+
+    @contextlib.contextmanager
+    def refused(url: object, *args: object, **kwargs: object) -> Iterator[None]:
+        raise ConnectionFailed('no pg_hba.conf entry for database "postgres"')
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(provision, "_pg_admin", refused)
+    assert provision.create_database(postgres_db.url) is False
+    assert provision.database_exists(postgres_db.url) is True
+    missing = postgres_db.url.rpartition("/")[0] + f"/whimbrel_never_{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ConnectionFailed, match="pg_hba"):
+        provision.create_database(missing)
+    with pytest.raises(ConnectionFailed, match="pg_hba"):
+        provision.database_exists(missing)
