@@ -427,3 +427,13 @@ def test_a_missing_manifest_store(tmp_path: Path) -> None:
     assert result.returncode == ExitCode.INVALID_MANIFEST
     assert f"cannot read the manifest store {tmp_path / 'nowhere'}" in result.stderr
     assert f"{v2}, line 2" in result.stderr
+
+
+def test_parse_tolerates_a_byte_order_mark_and_crlf() -> None:
+    """A manifest saved by a Windows editor: UTF-8 with a BOM, CRLF line ends."""
+    text = "database any testdb\r\n+migration 001_a.sql " + "c" * 64 + "\r\n"
+    data = b"\xef\xbb\xbf" + text.encode()
+    parsed = manifests.parse(data, "x")
+    assert [(b.engine, b.set_name) for b in parsed.blocks] == [("any", "testdb")]
+    assert [(e.file, e.line) for e in parsed.blocks[0].entries] == [("001_a.sql", 2)]
+    assert parsed.sha256 == hashlib.sha256(data).hexdigest()  # of the bytes, BOM included
