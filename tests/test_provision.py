@@ -388,3 +388,39 @@ def test_postgres_without_access_to_the_maintenance_database(
         provision.create_database(missing)
     with pytest.raises(ConnectionFailed, match="pg_hba"):
         provision.database_exists(missing)
+
+
+def test_provision_json_when_terminated_mid_run(postgres_db: Database, tmp_path: Path) -> None:
+    """SIGTERM (Kubernetes) during a migration: the JSON document still comes, with what was
+    applied before, and the error, exit code 143."""
+    import signal
+    import subprocess
+
+    from conftest import whimbrel_executable, write_tree
+
+    tree = write_tree(tmp_path / "db", {
+        "app/001_fast.sql": "-- migrate:up\nCREATE TABLE fast (id INT);\n-- migrate:down\n",
+        "app/002_slow.sql": "-- migrate:up\nSELECT pg_sleep(60);\n-- migrate:down\n",
+    })  # fmt: skip
+    command = [*whimbrel_executable(), "migrations", "provision", str(tree),
+               "--url", postgres_db.url, "-o", "json"]  # fmt: skip
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not postgres_db.query(
+            "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' "
+            "AND pid <> pg_backend_pid()"
+        ):
+            assert time.monotonic() < deadline and run.poll() is None, run.communicate()
+            time.sleep(0.05)
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 143, err
+    doc = json.loads(out)
+    assert set(doc) == {"database", "manifests", "sets", "migrations", "error"}
+    assert [(m["file"], m["status"]) for m in doc["migrations"]] == [("001_fast.sql", "applied")]
+    assert doc["error"]["exit_code"] == 143
+    assert "002_slow.sql" in doc["error"]["message"]
