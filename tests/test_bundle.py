@@ -323,3 +323,14 @@ def test_oversized_tar_headers_are_refused_before_reading_them(
     monkeypatch.setattr(bundles, "MAX_MEMBERS", 5)
     with pytest.raises(whimbrel.InvalidManifestError, match="bytes in all"):
         whimbrel.verify_manifest(bundle)
+
+
+def test_inspect_of_a_bundle_names_the_bundle_not_its_temporary_folder(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    bundle = build(EXAMPLES / "ftl/db", tmp_path / "app.tar", "--engine", "sqlite")
+    assert run_cli("migrations", "apply", str(bundle), "--url", sqlite_db.url).returncode == 0
+    inspected = run_cli("migrations", "inspect", str(bundle), "--url", sqlite_db.url, "-o", "json")
+    assert inspected.returncode == 0, inspected.stderr
+    (state,) = json.loads(inspected.stdout)["sets"]
+    assert state["path"] == f"{bundle}:testdb"

@@ -9,6 +9,7 @@ this has passed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,9 @@ def open_sets(
             )
         loaded = load_sets(root, sets)
         _unchanged_since_verified(loaded, verified)
+        if bundle_path is not None:
+            # Reports name where the sets come from, not the temporary folder they are in.
+            loaded = [dataclasses.replace(s, path=Path(f"{bundle_path}:{s.name}")) for s in loaded]
         yield Source(loaded, root, bundle_path, verified)
 
 
