@@ -287,3 +287,50 @@ def test_the_bytes_are_pinned(tmp_path: Path) -> None:
     assert f"sha256 {info.sha256}\n" in readme
     assert f"manifest sha256 {info.manifest_sha256}\n" in readme
     assert info.sha256 == "226c093b8db9656e0d2058aac03e0c89c4be78af015491762d7056c40c737753"
+
+
+def test_a_migration_file_as_path_says_a_folder_is_wanted(tmp_path: Path) -> None:
+    migration = tmp_path / "001_t.sql"
+    migration.write_bytes(MIGRATION)
+    result = run_cli("migrations", "apply", str(migration), "--url", f"sqlite:///{tmp_path}/x.db")
+    assert result.returncode == ExitCode.INVALID_MANIFEST, result.stderr
+    assert "a file PATH is read as a bundle: to run migration files, pass their folder" in (
+        result.stderr
+    )
+    assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_oversized_tar_headers_are_refused_before_reading_them(
+    compress: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pax header is read into memory by tarfile whatever its size: a (gzip) bomb in a
+    header must hit the archive's size cap, not the machine's memory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        manifest = tarfile.TarInfo(MANIFEST[0])
+        manifest.size = len(MANIFEST[1])
+        tar.addfile(manifest, io.BytesIO(MANIFEST[1]))
+        ((name, data),) = GOOD.items()
+        member = tarfile.TarInfo(name)
+        member.size = len(data)
+        member.pax_headers = {"comment": "x" * 1_000_000}
+        tar.addfile(member, io.BytesIO(data))
+    bundle = tmp_path / ("b.tar.gz" if compress else "b.tar")
+    bundle.write_bytes(gzip.compress(buffer.getvalue()) if compress else buffer.getvalue())
+    assert whimbrel.verify_manifest(bundle)  # within the real limits: fine
+    monkeypatch.setattr(bundles, "MAX_TOTAL_BYTES", 10_000)
+    monkeypatch.setattr(bundles, "MAX_MEMBERS", 5)
+    with pytest.raises(whimbrel.InvalidManifestError, match="bytes in all"):
+        whimbrel.verify_manifest(bundle)
+
+
+def test_inspect_of_a_bundle_names_the_bundle_not_its_temporary_folder(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    bundle = build(EXAMPLES / "ftl/db", tmp_path / "app.tar", "--engine", "sqlite")
+    assert run_cli("migrations", "apply", str(bundle), "--url", sqlite_db.url).returncode == 0
+    inspected = run_cli("migrations", "inspect", str(bundle), "--url", sqlite_db.url, "-o", "json")
+    assert inspected.returncode == 0, inspected.stderr
+    (state,) = json.loads(inspected.stdout)["sets"]
+    assert state["path"] == f"{bundle}:testdb"

@@ -427,3 +427,35 @@ def test_a_missing_manifest_store(tmp_path: Path) -> None:
     assert result.returncode == ExitCode.INVALID_MANIFEST
     assert f"cannot read the manifest store {tmp_path / 'nowhere'}" in result.stderr
     assert f"{v2}, line 2" in result.stderr
+
+
+def test_parse_tolerates_a_byte_order_mark_and_crlf() -> None:
+    """A manifest saved by a Windows editor: UTF-8 with a BOM, CRLF line ends."""
+    text = "database any testdb\r\n+migration 001_a.sql " + "c" * 64 + "\r\n"
+    data = b"\xef\xbb\xbf" + text.encode()
+    parsed = manifests.parse(data, "x")
+    assert [(b.engine, b.set_name) for b in parsed.blocks] == [("any", "testdb")]
+    assert [(e.file, e.line) for e in parsed.blocks[0].entries] == [("001_a.sql", 2)]
+    assert parsed.sha256 == hashlib.sha256(data).hexdigest()  # of the bytes, BOM included
+
+
+def test_a_file_changed_between_verification_and_parsing_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What runs is what was verified: a file altered after its hash was checked (and before
+    it was read to be parsed) is refused, not run."""
+    from whimbrel import api
+
+    tree = ftl_tree(tmp_path)
+    manifest = save(tmp_path, "m.manifest", manifest_of(tree))
+    real = api.load_sets
+
+    def altered_meanwhile(path: object, only: object = None) -> object:
+        target = tree / "testdb" / SECRETS
+        target.write_text(target.read_text() + "\n-- altered meanwhile\n")
+        return real(path, only)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(api, "load_sets", altered_meanwhile)
+    with pytest.raises(ManifestMismatch, match=f"{SECRETS} changed after it was verified"):
+        whimbrel.apply(tree, f"sqlite:///{tmp_path}/x.db", manifest=manifest)
+    assert not (tmp_path / "x.db").exists()

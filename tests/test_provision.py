@@ -335,3 +335,92 @@ def test_concurrent_provisioners_create_once_and_apply_once(fresh_url: tuple[str
         "20231103205514_init.sql",
         "20240704103403_create_module_secrets.sql",
     ]
+
+
+def test_provision_text_failure_is_a_clean_error() -> None:
+    """Text output: a failure is an error line with its exit code, never a traceback."""
+    url = f"postgresql://postgres:pw-XYZ@127.0.0.1:{free_port()}/appdb"
+    result = run_cli("migrations", "provision", str(EXAMPLES / "ftl/db"), "--url", url,
+                     "--wait-timeout", "0.5")  # fmt: skip
+    assert result.returncode == ExitCode.CONNECTION, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: gave up after 0.5 s" in result.stderr
+    assert "pw-XYZ" not in result.stdout + result.stderr
+
+
+def test_provision_no_create_db_requires_the_database(fresh_url: tuple[str, str]) -> None:
+    """--no-create-db: a missing database (a SQLite file too) is exit 6, and stays missing."""
+    _, url = fresh_url
+    result = run_cli("migrations", "provision", str(EXAMPLES / "ftl/db"), "--url", url,
+                     "--no-create-db", "--wait-timeout", "0.5")  # fmt: skip
+    assert result.returncode == ExitCode.CONNECTION, result.stdout + result.stderr
+    assert "does not exist" in result.stderr
+    assert provision.database_exists(url) is False
+
+
+def test_an_unusable_postgres_url_is_a_usage_error_not_a_traceback() -> None:
+    url = "postgresql://u:pw-XYZ@127.0.0.1:1/appdb?nosuchoption=1"
+    for args in (("provision", "--wait-timeout", "0.5"), ("apply", "--create-db")):
+        command, *options = args
+        result = run_cli("migrations", command, str(EXAMPLES / "ftl/db"), "--url", url, *options)
+        assert result.returncode == ExitCode.USAGE, result.stderr
+        assert "Traceback" not in result.stderr
+        assert 'invalid URI query parameter: "nosuchoption"' in result.stderr
+        assert "pw-XYZ" not in result.stdout + result.stderr
+
+
+def test_postgres_without_access_to_the_maintenance_database(
+    postgres_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user of just its own database (pg_hba.conf allows nothing else): --create-db and
+    provision go on when that database exists, and still fail clearly when it does not."""
+
+    @contextlib.contextmanager
+    def refused(url: object, *args: object, **kwargs: object) -> Iterator[None]:
+        raise ConnectionFailed('no pg_hba.conf entry for database "postgres"')
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(provision, "_pg_admin", refused)
+    assert provision.create_database(postgres_db.url) is False
+    assert provision.database_exists(postgres_db.url) is True
+    missing = postgres_db.url.rpartition("/")[0] + f"/whimbrel_never_{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ConnectionFailed, match="pg_hba"):
+        provision.create_database(missing)
+    with pytest.raises(ConnectionFailed, match="pg_hba"):
+        provision.database_exists(missing)
+
+
+def test_provision_json_when_terminated_mid_run(postgres_db: Database, tmp_path: Path) -> None:
+    """SIGTERM (Kubernetes) during a migration: the JSON document still comes, with what was
+    applied before, and the error, exit code 143."""
+    import signal
+    import subprocess
+
+    from conftest import whimbrel_executable, write_tree
+
+    tree = write_tree(tmp_path / "db", {
+        "app/001_fast.sql": "-- migrate:up\nCREATE TABLE fast (id INT);\n-- migrate:down\n",
+        "app/002_slow.sql": "-- migrate:up\nSELECT pg_sleep(60);\n-- migrate:down\n",
+    })  # fmt: skip
+    command = [*whimbrel_executable(), "migrations", "provision", str(tree),
+               "--url", postgres_db.url, "-o", "json"]  # fmt: skip
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not postgres_db.query(
+            "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' "
+            "AND pid <> pg_backend_pid()"
+        ):
+            assert time.monotonic() < deadline and run.poll() is None, run.communicate()
+            time.sleep(0.05)
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 143, err
+    doc = json.loads(out)
+    assert set(doc) == {"database", "manifests", "sets", "migrations", "error"}
+    assert [(m["file"], m["status"]) for m in doc["migrations"]] == [("001_fast.sql", "applied")]
+    assert doc["error"]["exit_code"] == 143
+    assert "002_slow.sql" in doc["error"]["message"]

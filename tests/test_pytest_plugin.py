@@ -192,3 +192,25 @@ def test_an_unreachable_server_is_reported_without_its_password() -> None:
         result.stdout
     )
     assert "s3cret" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_a_failing_migration_leaves_no_database_behind(engine: str, tmp_path: Path) -> None:
+    base = f"wbex{uuid.uuid4().hex[:10]}"
+    databases_named(engine, base)  # skips when the server is unreachable
+    set_folder = tmp_path / "db" / "app"
+    set_folder.mkdir(parents=True)
+    (set_folder / "001_a.sql").write_text(
+        "-- migrate:up\nCREATE TABLE a (id INT);\nCREATE TABLE a (id INT);\n-- migrate:down\n"
+    )
+    (tmp_path / "test_a.py").write_text("def test_a(whimbrel_connection):\n    pass\n")
+    result = run_pytest(
+        "--whimbrel-url", server_url(engine, base), "--whimbrel-migrations", "db", cwd=tmp_path
+    )
+    leftovers = databases_named(engine, base)
+    if engine == "postgres":
+        drop(engine, leftovers)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "whimbrel: cannot create the test database" in result.stdout
+    assert "001_a.sql" in result.stdout
+    assert leftovers == []

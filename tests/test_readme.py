@@ -145,3 +145,23 @@ def test_readme_walkthrough_commands_print_what_it_shows(
         from whimbrel.provisioning import drop_database
 
         drop_database(f"{server}/{name}")
+
+
+def test_documented_submodules_need_no_import_of_their_own() -> None:
+    # The README names whimbrel.watcher.sync and whimbrel.watcher.WatchEvent.
+    probe = (
+        "import sys, whimbrel\n"
+        "assert 'whimbrel.watcher' not in sys.modules\n"
+        "print(whimbrel.watcher.sync.__name__, whimbrel.watcher.WatchEvent.__name__,\n"
+        "      whimbrel.provisioning.create_database.__name__)\n"
+        "try:\n"
+        "    whimbrel.nope\n"
+        "except AttributeError:\n"
+        "    print('no nope')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    assert result.stdout.split() == ["sync", "WatchEvent", "create_database", "no", "nope"], (
+        result.stderr
+    )

@@ -88,9 +88,20 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
+# Submodules the documentation names as `whimbrel.<module>.<name>` (e.g.
+# `whimbrel.watcher.sync`): reachable after a plain `import whimbrel`, loaded on first use.
+_SUBMODULES = frozenset(
+    ("api", "bundles", "discovery", "errors", "manifests", "provisioning", "urls", "watcher")
+)
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
+        if name in _SUBMODULES:
+            import importlib
+
+            return importlib.import_module(f"whimbrel.{name}")
         raise AttributeError(f"module 'whimbrel' has no attribute {name!r}")
     import importlib
 

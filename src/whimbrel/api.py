@@ -398,6 +398,31 @@ class ProvisionResult:
     run: RunResult | None = None
 
 
+class _Recording:
+    """A reporter that passes events on and keeps the outcome of every finished step, so
+    that an interrupted provision can still say what it applied."""
+
+    def __init__(self, inner: Reporter | None, into: list[Any]) -> None:
+        self.inner = inner
+        self.into = into
+
+    def lock_waiting(self, holder: str | None) -> None:
+        if self.inner is not None:
+            self.inner.lock_waiting(holder)
+
+    def step_started(self, step: Any) -> None:
+        if self.inner is not None:
+            self.inner.step_started(step)
+
+    def step_finished(self, step: Any, outcome: Any) -> None:
+        self.into.append(outcome)
+        if self.inner is not None:
+            self.inner.step_finished(step, outcome)
+
+    def note(self, message: str) -> None:
+        _note(self.inner, message)
+
+
 def provision(
     path: str | os.PathLike[str],
     url: str | DatabaseURL | None = None,
@@ -424,6 +449,7 @@ def provision(
     result = ProvisionResult(
         url=str(parsed), engine=parsed.dialect, database=prov.database_name(parsed)
     )
+    finished: list[Any] = []  # step outcomes, for an interrupted run
     try:
         with open_sets(
             path,
@@ -440,7 +466,9 @@ def provision(
             prov.wait_until_ready(
                 parsed,
                 wait_timeout,
-                need_database=not create_db and parsed.dialect != "sqlite",
+                # Without create_db the database must exist, a SQLite file too: provision
+                # never creates what it was told not to.
+                need_database=not create_db,
                 connect_timeout=connect_timeout,
                 on_retry=_wait_notes(reporter, parsed, wait_timeout),
             )
@@ -454,10 +482,15 @@ def provision(
                 connect_timeout=connect_timeout,
                 hint_path=os.fspath(path),
             )
-            result.run = engine.apply(source.sets, parsed, options, reporter)
+            result.run = engine.apply(source.sets, parsed, options, _Recording(reporter, finished))
     except WhimbrelError as exc:
         if isinstance(exc.partial, RunResult):
             result.run = exc.partial
         exc.partial = result
+        raise
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: say what was done all the same
+        if result.run is not None:
+            result.run.steps = list(finished)
+        exc.partial = result  # type: ignore[attr-defined]
         raise
     return result

@@ -20,9 +20,12 @@ reads them as migrations.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import hashlib
 import io
+import lzma
 import os
 import tarfile
 import tempfile
@@ -31,6 +34,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from whimbrel import manifests
 from whimbrel.discovery import SAFE_SET_NAME, _scan, looks_like_migration
@@ -164,8 +168,10 @@ def _extract(source: str, root: Path) -> manifests.Manifest:
     manifest: manifests.Manifest | None = None
     seen: set[str] = set()
     total = 0
+    opened = False  # the first header parsed: a tar archive, whatever happens next
     try:
-        with tarfile.open(source, mode="r:*") as tar:
+        with _open_capped(source) as stream, tarfile.open(fileobj=stream, mode="r:") as tar:
+            opened = True
             index = 0
             while True:
                 member = tar.next()
@@ -200,15 +206,79 @@ def _extract(source: str, root: Path) -> manifests.Manifest:
                 written = (root / name).stat().st_size
                 if written != member.size:
                     raise bad(f"member {name!r} is truncated ({written} of {member.size} bytes)")
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+    except _TooLarge:
+        raise bad(f"more than {MAX_TOTAL_BYTES} bytes in all (counting tar headers)") from None
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
         if isinstance(exc, tarfile.FilterError):
             raise bad(str(exc)) from None
-        if isinstance(exc, tarfile.ReadError) and "could not be opened" in str(exc):
-            raise bad("not a tar archive (nor a gzip, bzip2 or xz compressed one)") from None
+        if isinstance(exc, tarfile.ReadError) and not opened:
+            raise bad(
+                "not a tar archive (nor a gzip, bzip2 or xz compressed one); a file PATH is "
+                "read as a bundle: to run migration files, pass their folder"
+            ) from None
         raise bad(f"cannot read it as a tar archive: {str(exc).splitlines()[0]}") from None
     if manifest is None:
         raise bad(f"no {MANIFEST_NAME} member")
     return manifest
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Capped(io.RawIOBase):
+    """A read-only view of a (decompressed) stream that refuses to go past `cap` bytes.
+
+    tarfile reads a pax or GNU long-name header into memory whatever its size, before any
+    member is seen: this bounds the whole archive, headers included, so a compressed bomb in
+    a header costs at most `cap` bytes.
+    """
+
+    def __init__(self, inner: io.BufferedIOBase | io.RawIOBase | Any, cap: int) -> None:
+        self._inner = inner
+        self._cap = cap
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return int(self._inner.tell())
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        target = int(self._inner.seek(offset, whence))
+        if target > self._cap:
+            raise _TooLarge
+        return target
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._cap - self.tell()
+        if size is None or size < 0 or size > left:
+            size = left + 1  # one byte past the cap tells "too large" from "ends at the cap"
+        data: bytes = self._inner.read(size)
+        if len(data) > left:
+            raise _TooLarge
+        return data
+
+
+@contextlib.contextmanager
+def _open_capped(source: str) -> Iterator[_Capped]:
+    """The bundle's tar stream, decompressed (gzip, bzip2, xz) if need be, capped in size."""
+    cap = MAX_TOTAL_BYTES + (MAX_MEMBERS + 20) * 4 * tarfile.BLOCKSIZE
+    with open(source, "rb") as raw:
+        magic = raw.read(6)
+        raw.seek(0)
+        inner: Any = raw
+        if magic.startswith(b"\x1f\x8b"):
+            inner = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif magic.startswith(b"BZh"):
+            inner = bz2.BZ2File(raw)
+        elif magic.startswith(b"\xfd7zXZ\x00"):
+            inner = lzma.LZMAFile(raw)  # noqa: SIM115 (closed below)
+        with contextlib.closing(inner):
+            yield _Capped(inner, cap)
 
 
 def _check_name(

@@ -742,9 +742,18 @@ def provision(
             doc = _provision_doc(partial, parsed, exc)
             click.echo(redact(json.dumps(doc, indent=2), _secrets))
         _fail(exc)
-    except Interrupted:
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
         if reporter is not None:
             reporter.failed("INTERRUPTED")
+        if as_json:  # automation gets its document on an interruption too
+            partial = getattr(exc, "partial", None)
+            doc = _provision_doc(
+                partial if isinstance(partial, api.ProvisionResult) else None, parsed, None
+            )
+            signum = _signal_received[0] if _signal_received else signal.SIGINT
+            message = exc.message if isinstance(exc, Interrupted) else "interrupted"
+            doc["error"] = {"exit_code": 128 + signum, "message": message}
+            click.echo(redact(json.dumps(doc, indent=2), _secrets))
         raise
     if as_json:
         click.echo(redact(json.dumps(_provision_doc(result, parsed, None), indent=2), _secrets))

@@ -249,7 +249,7 @@ def normalize_engine(engine: str) -> str:
 def parse(data: bytes, source: str) -> Manifest:
     """Parse a manifest; errors name `source` and the line."""
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a BOM (Windows editors) is not content
     except UnicodeDecodeError as exc:
         at = data.count(b"\n", 0, exc.start) + 1
         raise InvalidManifestError("not valid UTF-8", source=source, line=at) from None

@@ -17,6 +17,8 @@ The API other parts of whimbrel (watch --reset, the pytest plugin, `provision`) 
 
 - PostgreSQL: through the maintenance database `postgres` (`template1` when the target is
   `postgres` itself or `postgres` does not exist), with the URL's user, host and options.
+  When neither lets the user in (pg_hba.conf, CONNECT revoked) but its own database does,
+  that database exists: nothing to create.
 - MySQL/MariaDB: a connection without a default database.
 - SQLite: the file; creating it makes an empty file (a valid empty database) and dropping it
   removes the file with its `-journal`, `-wal` and `-shm` companions.
@@ -73,10 +75,16 @@ def database_name(url: str | DatabaseURL) -> str:
         return parsed.path
     name = parsed.database
     if parsed.dialect == "postgres":
+        import psycopg
         from psycopg.conninfo import conninfo_to_dict
 
         # As libpq: ?dbname=..., the path, $PGDATABASE, else the user name.
-        params = conninfo_to_dict(parsed.raw)
+        try:
+            params = conninfo_to_dict(parsed.raw)
+        except psycopg.Error as exc:  # e.g. an unknown ?parameter
+            raise UsageError(
+                f"the URL {parsed} cannot be used: {redact(str(exc), parsed.secrets())}"
+            ) from None
         name = str(params.get("dbname") or "") or name or os.environ.get("PGDATABASE")
         if not name:
             name = str(params.get("user") or "") or os.environ.get("PGUSER") or _os_user()
@@ -111,8 +119,13 @@ def database_exists(url: str | DatabaseURL, *, connect_timeout: float = 10.0) ->
     if parsed.dialect == "sqlite":
         return os.path.exists(name)
     if parsed.dialect == "postgres":
-        with _pg_admin(parsed, connect_timeout) as conn:
-            return _pg_exists(conn, name)
+        try:
+            with _pg_admin(parsed, connect_timeout) as conn:
+                return _pg_exists(conn, name)
+        except ConnectionFailed:
+            if _pg_connects(parsed, connect_timeout):
+                return True
+            raise
     with _mysql_admin(parsed, connect_timeout) as conn:
         return _mysql_exists(conn, name)
 
@@ -282,11 +295,30 @@ def _pg_probe(url: DatabaseURL, connect_timeout: float) -> bool:
     raise ConnectionFailed(f"cannot connect to {url}: {_text(url, first)}")
 
 
+def _pg_connects(url: DatabaseURL, connect_timeout: float) -> bool:
+    """Whether the URL's own database accepts us (so it exists)."""
+    import psycopg
+
+    try:
+        _pg_connect(url, connect_timeout).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
 def _pg_create(url: DatabaseURL, name: str, connect_timeout: float) -> bool:
     import psycopg
     from psycopg import sql
 
-    with _pg_admin(url, connect_timeout, avoid=name) as conn:
+    with contextlib.ExitStack() as stack:
+        try:
+            conn = stack.enter_context(_pg_admin(url, connect_timeout, avoid=name))
+        except ConnectionFailed:
+            # A user of just this database may not reach the maintenance databases
+            # (pg_hba.conf, CONNECT revoked): if its own database lets it in, it exists.
+            if _pg_connects(url, connect_timeout):
+                return False
+            raise
         if _pg_exists(conn, name):
             return False
         try:

@@ -24,6 +24,7 @@ nothing but pytest until it is configured.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -206,7 +207,11 @@ def whimbrel_database(request: pytest.FixtureRequest) -> Iterator[MigratedDataba
     """The session's test database: created and migrated once, dropped at the end."""
     settings = _require(request.config)
     factory = _factory(request.config)
-    database = factory.create()
+    try:
+        database = factory.create()
+    except BaseException:
+        factory.discard()
+        raise
     try:
         yield database
     finally:
@@ -315,13 +320,17 @@ class _Factory:
         from whimbrel import provisioning as provision
         from whimbrel.errors import WhimbrelError
 
+        created = False
         try:
-            provision.create_database(database.url)
+            created = provision.create_database(database.url)
             api.apply(self.settings.migrations, database.url)
         except WhimbrelError as exc:
             failure = exc.message
         else:
             return database
+        if created:  # leave no half-migrated database behind
+            with contextlib.suppress(WhimbrelError):
+                provision.drop_database(database.url)
         from whimbrel.urls import redact
 
         pytest.fail(
@@ -372,6 +381,11 @@ class _Factory:
         from whimbrel import provisioning as provision
 
         provision.drop_database(database.url)
+
+    def discard(self) -> None:
+        """After a failed start: remove this process's SQLite folder (nothing else exists)."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def finish(self, session: MigratedDatabase, *, keep: bool) -> None:
         if self.template is not None:

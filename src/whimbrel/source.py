@@ -9,6 +9,7 @@ this has passed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -95,4 +96,32 @@ def open_sets(
             verified.append(
                 verify_manifest(root, manifest, store=manifest_store, sets=sets, dialect=dialect)
             )
-        yield Source(load_sets(root, sets), root, bundle_path, verified)
+        loaded = load_sets(root, sets)
+        _unchanged_since_verified(loaded, verified)
+        if bundle_path is not None:
+            # Reports name where the sets come from, not the temporary folder they are in.
+            loaded = [dataclasses.replace(s, path=Path(f"{bundle_path}:{s.name}")) for s in loaded]
+        yield Source(loaded, root, bundle_path, verified)
+
+
+def _unchanged_since_verified(
+    loaded: Sequence[MigrationSet], verified: Sequence[ManifestCheck]
+) -> None:
+    """Discovery reads the files again: what it parsed must be what was verified.
+
+    Compares the SHA-256 discovery computed of the bytes it parsed (the up file, or the
+    dbmate file) with the verified one, so a file altered in between is refused, not run.
+    """
+    from whimbrel.errors import ManifestMismatch
+
+    for check in verified:
+        for migration_set in loaded:
+            hashes = dict(check.sets.get(migration_set.name, ()))
+            for migration in migration_set.migrations:
+                expected = hashes.get(migration.file)
+                if expected is not None and expected != migration.sha256:
+                    raise ManifestMismatch(
+                        f"set {migration_set.name!r}: {migration.file} changed after it was "
+                        f"verified against {check.source} (sha256 {expected}, now "
+                        f"{migration.sha256}); nothing was run"
+                    )
