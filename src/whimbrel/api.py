@@ -65,17 +65,23 @@ def apply(
     allow_drift: bool = False,
     allow_out_of_order: bool = False,
     resume: bool = False,
+    single_transaction: bool = False,
     lock_timeout: float = 60.0,
     connect_timeout: float = 10.0,
     reporter: Reporter | None = None,
 ) -> RunResult:
-    """Apply every pending migration, set by set in name order."""
+    """Apply every pending migration, set by set in name order.
+
+    With `single_transaction`, all of them run in one transaction: all or nothing
+    (PostgreSQL, SQLite; on MySQL only when every migration is plain DML).
+    """
     options = RunOptions(
         lock_timeout=lock_timeout,
         connect_timeout=connect_timeout,
         allow_drift=allow_drift,
         allow_out_of_order=allow_out_of_order,
         resume=resume,
+        single_transaction=single_transaction,
         dry_run=dry_run,
         hint_path=os.fspath(path),
     )

@@ -60,6 +60,8 @@ class RunOptions:
     allow_out_of_order: bool = False
     resume: bool = False
     dry_run: bool = False
+    # apply: every pending migration of the run in one transaction, all or nothing.
+    single_transaction: bool = False
     # How to spell the command in recovery hints, e.g. "whimbrel migrations apply db/ --url URL".
     hint_path: str = "PATH"
 
@@ -481,7 +483,10 @@ def execute_step(driver: Driver, step: Step) -> StepOutcome:
     except BaseException:
         _reset_quietly(driver, step)
         raise
-    duration_ms = (time.perf_counter() - started) * 1000
+    return _outcome(step, (time.perf_counter() - started) * 1000)
+
+
+def _outcome(step: Step, duration_ms: float) -> StepOutcome:
     return StepOutcome(
         set_name=step.set_name,
         version=step.version,
@@ -527,7 +532,7 @@ def _while(step: Step) -> str:
     return f"while running {step.file} of set {step.set_name!r}: {outcome}"
 
 
-def _run_atomic(driver: Driver, step: Step) -> None:
+def _run_atomic(driver: Driver, step: Step, *, in_open_transaction: bool = False) -> None:
     writes: list[InsertRow | DeleteRow]
     if step.direction == "up":
         assert step.migration is not None
@@ -539,7 +544,10 @@ def _run_atomic(driver: Driver, step: Step) -> None:
     # PostgreSQL sends the section whole; the others need it split.
     texts = None if driver.dialect == "postgres" else [s.text for s in step.statements]
     try:
-        driver.run_atomic(step.section.sql, texts, writes)
+        if in_open_transaction:
+            driver.run_in_transaction(step.section.sql, texts, writes)
+        else:
+            driver.run_atomic(step.section.sql, texts, writes)
     except StatementError as exc:
         raise _failure(step, exc, rolled_back=True) from None
 
@@ -692,6 +700,8 @@ def apply(
         states = read_states(driver, sets)
         check_safe(states, options, "apply")
         planned = _prepare_all(driver, _up_steps(states, options))
+        if options.single_transaction:
+            _check_single_transaction(driver, planned)
         if options.dry_run:
             result.steps = [_planned(s) for s in planned]
             return result
@@ -702,11 +712,105 @@ def apply(
                     driver.create_table(state.set.table)
                 created.append(state.set.table)
         try:
-            _execute_all(driver, planned, result, reporter)
+            if options.single_transaction:
+                _execute_in_one_transaction(driver, planned, result, reporter)
+            else:
+                _execute_all(driver, planned, result, reporter)
         except BaseException:
             _drop_if_empty(driver, created)
             raise
     return result
+
+
+def _check_single_transaction(driver: Driver, planned: Sequence[Step]) -> None:
+    """--single-transaction: refuse up front unless every migration can join one transaction."""
+    problems = []
+    for step in planned:
+        why = None
+        if step.resuming:
+            why = "it is dirty and can only be resumed statement by statement"
+        elif not step.section.transaction:
+            why = "it is marked transaction:false"
+        elif step.own_transactions:
+            why = "it manages its own transactions (BEGIN/COMMIT)"
+        elif not step.atomic:
+            why = "it has DDL or other statements that commit implicitly on MySQL/MariaDB"
+        elif step.changes_session and driver.dialect != "postgres":
+            # Resetting the session means a new connection here, which would end the run's
+            # transaction.
+            why = "it changes the session (SET, USE, PRAGMA, ATTACH, CALL)"
+        if why:
+            problems.append(f"set {step.set_name!r}: {step.file}: {why}")
+    if problems:
+        raise RefusedError(
+            "refusing to apply with --single-transaction; nothing was changed: these "
+            "migrations cannot run inside one transaction:\n  "
+            + "\n  ".join(problems)
+            + "\nApply without --single-transaction (each migration then gets a transaction "
+            "of its own where the database allows it)."
+        )
+
+
+def _execute_in_one_transaction(
+    driver: Driver, planned: Sequence[Step], result: RunResult, reporter: Reporter
+) -> None:
+    """--single-transaction: every step inside one transaction, committed at the end.
+
+    Steps are reported only once the transaction has committed: until then nothing of the
+    run is applied.
+    """
+    outcomes: list[tuple[Step, StepOutcome]] = []
+    if not planned:
+        return
+    step = planned[0]
+    try:
+        driver.execute(driver.begin_sql)
+        for step in planned:
+            started = time.perf_counter()
+            _run_atomic(driver, step, in_open_transaction=True)
+            if step.changes_session:  # PostgreSQL only (checked): RESET is transactional
+                driver.after_migration(True)
+            outcomes.append((step, _outcome(step, (time.perf_counter() - started) * 1000)))
+        driver.execute("COMMIT")
+    except MigrationFailed as exc:
+        _rollback_quietly(driver)
+        exc.message += (
+            "\n--single-transaction: the whole run was rolled back; no migration of this run "
+            f"was applied ({len(outcomes)} ran before this one)."
+        )
+        exc.partial = result
+        raise
+    except ConnectionFailed as exc:
+        raise ConnectionFailed(
+            f"{exc.message}\nwhile running {step.file} of set {step.set_name!r} in "
+            "--single-transaction mode: the database rolls the run back unless the connection "
+            "broke during COMMIT; `whimbrel migrations inspect` shows where it stands"
+        ) from None
+    except DatabaseError as exc:
+        _rollback_quietly(driver)
+        raise DatabaseError(
+            f"recording {step.file} in the tracking table {step.table!r}: {exc.message}\n"
+            "--single-transaction: the whole run was rolled back."
+        ) from None
+    except KeyboardInterrupt:
+        _rollback_quietly(driver)
+        raise Interrupted(
+            f"interrupted while applying {step.file} of set {step.set_name!r} with "
+            "--single-transaction: the whole run was rolled back, so no migration of it was "
+            "applied."
+        ) from None
+    except BaseException:
+        _rollback_quietly(driver)
+        raise
+    for step, outcome in outcomes:
+        reporter.step_started(step)
+        result.steps.append(outcome)
+        reporter.step_finished(step, outcome)
+
+
+def _rollback_quietly(driver: Driver) -> None:
+    with contextlib.suppress(Exception):
+        driver.rollback()
 
 
 def _drop_if_empty(driver: Driver, tables: Sequence[str]) -> None:

@@ -310,22 +310,32 @@ class Driver(ABC):
         `statements` is `sql` split into statements; this default sends them one by one.
         A driver that sends `sql` whole may receive None. Raises StatementError.
         """
-        assert statements is not None
-        started = time.perf_counter()
         self.execute(self.begin_sql)
         try:
-            for index, statement in enumerate(statements):
-                self.run_statement(statement, index)
-            try:
-                for write in with_duration(writes, time.perf_counter() - started):
-                    self.write(write)
-            except DatabaseError as exc:  # e.g. a trigger the migration put on our table
-                raise StatementError(exc.message, index=len(statements)) from None
+            self.run_in_transaction(sql, statements, writes)
             self.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):
                 self.rollback()
             raise
+
+    def run_in_transaction(
+        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
+    ) -> None:
+        """Run `sql` and its tracking `writes` inside the transaction already open (one
+        migration of `run_atomic`, or of a --single-transaction run); no COMMIT.
+
+        Raises StatementError; rolling back is the caller's business.
+        """
+        assert statements is not None
+        started = time.perf_counter()
+        for index, statement in enumerate(statements):
+            self.run_statement(statement, index)
+        try:
+            for write in with_duration(writes, time.perf_counter() - started):
+                self.write(write)
+        except DatabaseError as exc:  # e.g. a trigger the migration put on our table
+            raise StatementError(exc.message, index=len(statements)) from None
 
     @abstractmethod
     def run_statement(self, sql: str, index: int = 0) -> None:

@@ -249,7 +249,7 @@ class PostgresDriver(Driver):
         duration = (
             _literal(row.duration_ms)
             if row.duration_ms is not None
-            else "EXTRACT(EPOCH FROM clock_timestamp() - now()) * 1000"
+            else "EXTRACT(EPOCH FROM clock_timestamp() - statement_timestamp()) * 1000"
         )
         values = ", ".join(
             [
@@ -286,6 +286,12 @@ class PostgresDriver(Driver):
         tail = "".join(self._render(w) + ";\n" for w in writes)
         self._run_wrapped(sql, tail)
 
+    def run_in_transaction(
+        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
+    ) -> None:
+        tail = "".join(self._render(w) + ";\n" for w in writes)
+        self._run_wrapped(sql, tail, own_transaction=False)
+
     def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
         if wrap:
             self._run_wrapped(sql, self._render_progress(progress) + ";\n")
@@ -294,15 +300,17 @@ class PostgresDriver(Driver):
         self.run_statement(sql)
         self.update_progress(*progress)
 
-    def _run_wrapped(self, sql: str, tail: str) -> None:
+    def _run_wrapped(self, sql: str, tail: str, *, own_transaction: bool = True) -> None:
         """`BEGIN; sql; tail COMMIT` in one round trip; the statement count names a failure.
 
         The tail (our tracking writes) runs as the connecting user, whatever role the
-        migration switched to; SET LOCAL ends with the transaction.
+        migration switched to; SET LOCAL ends with the transaction. Without
+        `own_transaction`, the caller opened the transaction and commits it.
         """
-        prefix = "BEGIN;\n"
+        prefix = "BEGIN;\n" if own_transaction else ""
         as_ourselves = "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
-        results = self._send(prefix + sql + "\n;\n" + as_ourselves + tail + "COMMIT")
+        end = "COMMIT" if own_transaction else ""
+        results = self._send(prefix + sql + "\n;\n" + as_ourselves + tail + end)
         error = self._first_error(results)
         if error is None:
             return
@@ -312,8 +320,10 @@ class PostgresDriver(Driver):
         offset = position - len(prefix) if position is not None else None
         if offset is not None and not 0 <= offset < len(sql):
             offset = None
-        # Results: one for BEGIN, then one per statement of the file, then ours.
-        index = result_index - 1 if result_index >= 1 else None
+        # Results: one for BEGIN (if we sent it), then one per statement of the file, then ours.
+        index: int | None = result_index - 1 if own_transaction else result_index
+        if index is not None and index < 0:
+            index = None
         raise StatementError(
             self._message(result), index=index, position=offset, sqlstate=self._sqlstate(result)
         )
