@@ -26,6 +26,7 @@ from whimbrel.drivers.base import (
     APPLYING,
     REVERTING,
     TRACKING_COLUMNS,
+    AtomicItem,
     DeleteRow,
     InsertRow,
     Progress,
@@ -532,7 +533,7 @@ def _while(step: Step) -> str:
     return f"while running {step.file} of set {step.set_name!r}: {outcome}"
 
 
-def _run_atomic(driver: Driver, step: Step, *, in_open_transaction: bool = False) -> None:
+def _atomic_item(driver: Driver, step: Step) -> AtomicItem:
     writes: list[InsertRow | DeleteRow]
     if step.direction == "up":
         assert step.migration is not None
@@ -543,11 +544,13 @@ def _run_atomic(driver: Driver, step: Step, *, in_open_transaction: bool = False
         writes = [DeleteRow(step.table, step.version)]
     # PostgreSQL sends the section whole; the others need it split.
     texts = None if driver.dialect == "postgres" else [s.text for s in step.statements]
+    return AtomicItem(step.section.sql, texts, len(step.statements), writes)
+
+
+def _run_atomic(driver: Driver, step: Step) -> None:
+    item = _atomic_item(driver, step)
     try:
-        if in_open_transaction:
-            driver.run_in_transaction(step.section.sql, texts, writes)
-        else:
-            driver.run_atomic(step.section.sql, texts, writes)
+        driver.run_atomic(item.sql, item.statements, item.writes)
     except StatementError as exc:
         raise _failure(step, exc, rolled_back=True) from None
 
@@ -765,12 +768,19 @@ def _execute_in_one_transaction(
     step = planned[0]
     try:
         driver.execute(driver.begin_sql)
-        for step in planned:
+        for batch in _batches(planned):
+            step = batch[0]
             started = time.perf_counter()
-            _run_atomic(driver, step, in_open_transaction=True)
-            if step.changes_session:  # PostgreSQL only (checked): RESET is transactional
-                driver.after_migration(True)
-            outcomes.append((step, _outcome(step, (time.perf_counter() - started) * 1000)))
+            try:
+                driver.run_many_in_transaction([_atomic_item(driver, s) for s in batch])
+            except StatementError as exc:
+                step = batch[exc.item]
+                outcomes += [(s, _outcome(s, 0.0)) for s in batch[: exc.item]]
+                raise _failure(step, exc, rolled_back=True) from None
+            # Several migrations shared a round trip: each gets its share of the time.
+            share = (time.perf_counter() - started) * 1000 / len(batch)
+            outcomes += [(s, _outcome(s, share)) for s in batch]
+            step = batch[-1]
         driver.execute("COMMIT")
     except MigrationFailed as exc:
         _rollback_quietly(driver)
@@ -806,6 +816,24 @@ def _execute_in_one_transaction(
         reporter.step_started(step)
         result.steps.append(outcome)
         reporter.step_finished(step, outcome)
+
+
+# --single-transaction sends migrations in batches of about this much SQL (PostgreSQL sends
+# a batch in one round trip): few round trips, and a bounded query string.
+_BATCH_CHARS = 1 << 20
+
+
+def _batches(planned: Sequence[Step]) -> Iterator[list[Step]]:
+    batch: list[Step] = []
+    size = 0
+    for step in planned:
+        if batch and size + len(step.section.sql) > _BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+        batch.append(step)
+        size += len(step.section.sql)
+    if batch:
+        yield batch
 
 
 def _rollback_quietly(driver: Driver) -> None:

@@ -134,6 +134,16 @@ class StatementError(Exception):
         self.position = position
         self.sqlstate = sqlstate
         self.relative_to_statement = relative_to_statement
+        self.item = 0  # of run_many_in_transaction: which migration failed
+
+
+class AtomicItem(NamedTuple):
+    """One migration for `run_many_in_transaction`."""
+
+    sql: str
+    statements: Sequence[str] | None  # None where the driver sends `sql` whole
+    statement_count: int
+    writes: Sequence[TrackingWrite]
 
 
 def client_identity() -> str:
@@ -336,6 +346,19 @@ class Driver(ABC):
                 self.write(write)
         except DatabaseError as exc:  # e.g. a trigger the migration put on our table
             raise StatementError(exc.message, index=len(statements)) from None
+
+    def run_many_in_transaction(self, items: Sequence[AtomicItem]) -> None:
+        """Several migrations inside the transaction already open (--single-transaction).
+
+        A StatementError says which one failed in `item`. This default runs them one by
+        one; a driver may send them in fewer round trips.
+        """
+        for number, item in enumerate(items):
+            try:
+                self.run_in_transaction(item.sql, item.statements, item.writes)
+            except StatementError as exc:
+                exc.item = number
+                raise
 
     @abstractmethod
     def run_statement(self, sql: str, index: int = 0) -> None:

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from whimbrel.drivers.base import (
+    AtomicItem,
     DeleteRow,
     Driver,
     InsertRow,
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 # One advisory lock per database for every whimbrel run, whatever the sets.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"whimbrel migrations").digest()[:8], "big", signed=True)
 WORK_KEY = int.from_bytes(hashlib.sha256(b"whimbrel work").digest()[:8], "big", signed=True)
+
+# Back to the connection's own user and settings (including ?options= of the URL); RESET
+# ALL alone leaves a SET ROLE in force.
+_RESET_SESSION = "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
 
 # Statements PostgreSQL refuses inside a transaction block.
 _NO_TRANSACTION = re.compile(
@@ -77,6 +82,7 @@ class PostgresDriver(Driver):
             self._connect_kwargs["application_name"] = application_name[:63]
         self.conn = self._connect()
         self.lock_conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._session_reset = False
         schema = self.fetch("SELECT current_schema()")[0][0]
         if schema is None:
             self.conn.close()
@@ -197,6 +203,10 @@ class PostgresDriver(Driver):
     def release_lock(self) -> None:
         if self.lock_conn is not None:
             with contextlib.suppress(Exception):
+                # A transaction with an ID commits synchronously, flushing the WAL up to
+                # here: every commit this run made without waiting is durable from now on.
+                self.execute("SELECT txid_current()")
+            with contextlib.suppress(Exception):
                 self.execute("SELECT pg_advisory_unlock_all()")
             self.lock_conn.close()  # the session's advisory locks go with it
             self.lock_conn = None
@@ -241,7 +251,7 @@ class PostgresDriver(Driver):
         )
 
     # -- running migrations -------------------------------------------------------------
-    def _render(self, write: TrackingWrite) -> str:
+    def _render(self, write: TrackingWrite, started: str = "statement_timestamp()") -> str:
         if isinstance(write, DeleteRow):
             return f"DELETE FROM {self.qualified(write.table)} WHERE version = {write.version}"
         assert isinstance(write, InsertRow)
@@ -249,7 +259,7 @@ class PostgresDriver(Driver):
         duration = (
             _literal(row.duration_ms)
             if row.duration_ms is not None
-            else "EXTRACT(EPOCH FROM clock_timestamp() - statement_timestamp()) * 1000"
+            else f"EXTRACT(EPOCH FROM clock_timestamp() - {started}) * 1000"
         )
         values = ", ".join(
             [
@@ -284,13 +294,66 @@ class PostgresDriver(Driver):
         self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
     ) -> None:
         tail = "".join(self._render(w) + ";\n" for w in writes)
-        self._run_wrapped(sql, tail)
+        self._run_wrapped(sql, tail, reset_after=True)
+        self._session_reset = True  # after_migration has nothing left to do
 
     def run_in_transaction(
         self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
     ) -> None:
         tail = "".join(self._render(w) + ";\n" for w in writes)
         self._run_wrapped(sql, tail, own_transaction=False)
+
+    def run_many_in_transaction(self, items: Sequence[AtomicItem]) -> None:
+        """All the migrations in one round trip, each followed by its tracking rows and a
+        session reset; the count of results before an error (or its position) names the
+        migration and the statement that failed."""
+        started_mark = "SELECT set_config('whimbrel.started', clock_timestamp()::text, true);\n"
+        started = "current_setting('whimbrel.started')::timestamptz"
+        as_ourselves = "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
+        parts: list[str] = []
+        offsets: list[int] = []  # where each item's SQL starts in the query
+        result_counts: list[int] = []  # results each item produces, its SQL's first
+        length = 0
+        for item in items:
+            tail = "".join(self._render(w, started) + ";\n" for w in item.writes)
+            parts.append(started_mark)
+            offsets.append(length + len(started_mark))
+            chunk = item.sql + "\n;\n" + as_ourselves + tail + _RESET_SESSION + ";\n"
+            parts.append(chunk)
+            length += len(started_mark) + len(chunk)
+            result_counts.append(item.statement_count + 2 + len(item.writes) + 3)
+        results = self._send("".join(parts))
+        del parts
+        error = self._first_error(results)
+        if error is None:
+            return
+        result_index, result = error
+        self.rollback()
+        position = self._position(result)
+        number = None
+        offset = None
+        if position is not None:
+            for candidate, start in enumerate(offsets):
+                if start <= position < start + len(items[candidate].sql):
+                    number, offset = candidate, position - start
+                    break
+        # Without a position inside a file's SQL, count results: one for the started mark,
+        # then the item's.
+        remaining = result_index
+        index = None
+        for candidate, count in enumerate(result_counts):
+            remaining -= 1
+            if remaining < count:
+                if number is None:
+                    number = candidate
+                index = max(remaining, 0) if candidate == number else None
+                break
+            remaining -= count
+        exc = StatementError(
+            self._message(result), index=index, position=offset, sqlstate=self._sqlstate(result)
+        )
+        exc.item = number if number is not None else len(items) - 1
+        raise exc
 
     def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
         if wrap:
@@ -300,16 +363,30 @@ class PostgresDriver(Driver):
         self.run_statement(sql)
         self.update_progress(*progress)
 
-    def _run_wrapped(self, sql: str, tail: str, *, own_transaction: bool = True) -> None:
+    def _run_wrapped(
+        self, sql: str, tail: str, *, own_transaction: bool = True, reset_after: bool = False
+    ) -> None:
         """`BEGIN; sql; tail COMMIT` in one round trip; the statement count names a failure.
 
         The tail (our tracking writes) runs as the connecting user, whatever role the
         migration switched to; SET LOCAL ends with the transaction. Without
-        `own_transaction`, the caller opened the transaction and commits it.
+        `own_transaction`, the caller opened the transaction and commits it. With
+        `reset_after`, the session reset after a migration travels in the same round trip.
+
+        The commit does not wait for the WAL flush (synchronous_commit off, for this
+        transaction only): one transaction per migration would otherwise cost a disk flush
+        each. A server crash can then lose the last few commits, but only whole ones, newest
+        first, migration and tracking row together: as if the run had stopped earlier.
+        `release_lock` makes everything durable before the lock is freed.
         """
         prefix = "BEGIN;\n" if own_transaction else ""
-        as_ourselves = "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
+        as_ourselves = (
+            "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
+            "SET LOCAL synchronous_commit = off;\n"
+        )
         end = "COMMIT" if own_transaction else ""
+        if reset_after:
+            end += ";\n" + _RESET_SESSION
         results = self._send(prefix + sql + "\n;\n" + as_ourselves + tail + end)
         error = self._first_error(results)
         if error is None:
@@ -355,12 +432,13 @@ class PostgresDriver(Driver):
             self.execute("ROLLBACK")
 
     def reset_session(self) -> None:
-        # Back to the connection's own user and settings (including ?options= of the URL);
-        # RESET ALL alone leaves a SET ROLE in force.
-        self.execute("RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL")
+        self.execute(_RESET_SESSION)
 
     def after_migration(self, changed_session: bool) -> None:
         # Cheap enough to do always: catches SETs hidden in DO blocks and functions.
+        if self._session_reset:  # run_atomic sent the reset with the migration
+            self._session_reset = False
+            return
         self.reset_session()
 
     def _send(self, query: str) -> list[PGresult]:
