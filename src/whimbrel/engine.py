@@ -162,10 +162,33 @@ def locked(driver: Driver, options: RunOptions, reporter: Reporter) -> Iterator[
 
 
 def read_states(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
+    """Every set's state in two round trips, whatever the number of sets: one for which
+    tracking tables exist (and their columns), one for all their rows."""
+    tables = [s.table for s in sets]
+    with _context("reading the tracking tables"):
+        columns = driver.tables_columns(tables)
+    for migration_set in sets:
+        found = columns.get(migration_set.table)
+        if found is not None and found != set(TRACKING_COLUMNS):
+            raise RefusedError(
+                f"set {migration_set.name!r}: the table {migration_set.table!r} exists but is "
+                "not a whimbrel tracking table"
+                + (f" (its columns: {', '.join(sorted(found))})" if found else "")
+                + "; whimbrel will not touch it. Rename the set's folder or that table."
+            )
+    with _context("reading the tracking tables"):
+        rows = driver.read_rows_many([t for t in tables if t in columns])
+    secrets = driver.url.secrets()
     states = []
     for migration_set in sets:
-        with _context(f"set {migration_set.name!r}: reading its tracking table"):
-            states.append(_read_state(driver, migration_set))
+        if migration_set.table not in columns:
+            states.append(compare(migration_set, None))
+            continue
+        recorded = [
+            replace(row, error=redact(row.error, secrets)) if row.error else row
+            for row in rows[migration_set.table]
+        ]
+        states.append(compare(migration_set, recorded))
     return states
 
 
@@ -175,25 +198,6 @@ def _context(what: str) -> Iterator[None]:
         yield
     except DatabaseError as exc:
         raise DatabaseError(f"{what}: {exc.message}") from None
-
-
-def _read_state(driver: Driver, migration_set: MigrationSet) -> SetState:
-    columns = driver.table_columns(migration_set.table)
-    if columns is None:
-        return compare(migration_set, None)
-    if columns != set(TRACKING_COLUMNS):
-        raise RefusedError(
-            f"set {migration_set.name!r}: the table {migration_set.table!r} exists but is "
-            "not a whimbrel tracking table"
-            + (f" (its columns: {', '.join(sorted(columns))})" if columns else "")
-            + "; whimbrel will not touch it. Rename the set's folder or that table."
-        )
-    secrets = driver.url.secrets()
-    rows = [
-        replace(row, error=redact(row.error, secrets)) if row.error else row
-        for row in driver.read_rows(migration_set.table)
-    ]
-    return compare(migration_set, rows)
 
 
 def _statements_hash(statements: Sequence[Statement]) -> str:

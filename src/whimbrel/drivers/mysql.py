@@ -225,6 +225,24 @@ class MySQLDriver(Driver):
         )
         return set() if exists else None
 
+    def tables_columns(self, tables: Sequence[str]) -> dict[str, set[str]]:
+        if not tables:
+            return {}
+        marks = ", ".join(["%s"] * len(tables))
+        rows = self.fetch(
+            "SELECT t.TABLE_NAME, c.COLUMN_NAME FROM information_schema.TABLES t "
+            "LEFT JOIN information_schema.COLUMNS c ON c.TABLE_SCHEMA = t.TABLE_SCHEMA "
+            "AND c.TABLE_NAME = t.TABLE_NAME "
+            f"WHERE t.TABLE_SCHEMA = DATABASE() AND t.TABLE_NAME IN ({marks})",
+            tuple(tables),
+        )
+        found: dict[str, set[str]] = {}
+        for table, column in rows:
+            columns = found.setdefault(str(table), set())
+            if column is not None:
+                columns.add(str(column).lower())
+        return found
+
     def create_table(self, table: str) -> None:
         comment = f"whimbrel: applied migrations of the set {table}"
         self.execute(

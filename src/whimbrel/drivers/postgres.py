@@ -228,6 +228,22 @@ class PostgresDriver(Driver):
         )
         return set() if exists else None
 
+    def tables_columns(self, tables: Sequence[str]) -> dict[str, set[str]]:
+        rows = self.fetch(
+            "SELECT c.relname, a.attname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
+            "AND NOT a.attisdropped "
+            "WHERE n.nspname = %s AND c.relname = ANY(%s)",
+            (self.schema, list(tables)),
+        )
+        found: dict[str, set[str]] = {}
+        for table, column in rows:
+            columns = found.setdefault(str(table), set())
+            if column is not None:
+                columns.add(str(column))
+        return found
+
     def create_table(self, table: str) -> None:
         qualified = self.qualified(table)
         self.execute(

@@ -144,6 +144,23 @@ class SQLiteDriver(Driver):
             return None
         return {str(r[1]) for r in self.fetch(f"PRAGMA main.table_info({self.quote(table)})")}
 
+    def tables_columns(self, tables: Sequence[str]) -> dict[str, set[str]]:
+        if not tables:
+            return {}
+        marks = ", ".join("?" * len(tables))
+        rows = self.fetch(
+            "SELECT m.name, p.name FROM sqlite_master m "
+            "LEFT JOIN pragma_table_info(m.name, 'main') p "
+            f"WHERE m.type IN ('table', 'view') AND m.name IN ({marks})",
+            tuple(tables),
+        )
+        found: dict[str, set[str]] = {}
+        for table, column in rows:
+            columns = found.setdefault(str(table), set())
+            if column is not None:
+                columns.add(str(column))
+        return found
+
     def create_table(self, table: str) -> None:
         self.execute(
             f"CREATE TABLE IF NOT EXISTS {self.qualified(table)} ("
