@@ -14,10 +14,11 @@ import hashlib
 import os
 import re
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, overload
 
 from whimbrel.discovery import Migration, MigrationSet, Section
 from whimbrel.drivers import Driver, connect
@@ -97,7 +98,7 @@ class Step:
     migration: Migration | None
     resume_from: int = 0
     resuming: bool = False  # continues a dirty row instead of starting a new one
-    statements: tuple[Statement, ...] = ()
+    statements: Sequence[Statement] = ()
     atomic: bool = True
     own_transactions: bool = False  # the file says BEGIN/COMMIT itself: run it as written
     control: frozenset[int] = frozenset()  # indexes of its transaction-control statements
@@ -305,13 +306,100 @@ _SESSION_STATEMENT = re.compile(
 )
 
 
+class StatementList(Sequence["Statement"]):
+    """A section's statements as offsets into its SQL, each text sliced when asked for: a
+    50 MB migration is held once (its SQL), not twice (plus every statement's text)."""
+
+    __slots__ = ("_bounds", "_sql")
+
+    def __init__(self, sql: str) -> None:
+        self._sql = sql
+        self._bounds = array("q")  # start, end, line of each statement
+
+    def append(self, statement: Statement) -> None:
+        self._bounds.extend((statement.start, statement.end, statement.line))
+
+    def __len__(self) -> int:
+        return len(self._bounds) // 3
+
+    @overload
+    def __getitem__(self, index: int) -> Statement: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Statement]: ...
+
+    def __getitem__(self, index: int | slice) -> Statement | Sequence[Statement]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        from whimbrel.sqlsplit import Statement
+
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        start, end, line = self._bounds[3 * index : 3 * index + 3]
+        return Statement(self._sql[start:end], line, start, end)
+
+    def __iter__(self) -> Iterator[Statement]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def pieces(self, limit: int) -> list[tuple[int, int, int]]:
+        """Consecutive statements grouped into slices of the SQL of about `limit`
+        characters: (start, end, index of the first statement) each."""
+        result = []
+        bounds = self._bounds
+        first = 0
+        for index in range(len(self)):
+            start = bounds[3 * first]
+            end = bounds[3 * index + 1]
+            if end - start >= limit or index == len(self) - 1:
+                result.append((start, end, first))
+                first = index + 1
+        return result
+
+
 def prepare(step: Step, dialect: Dialect, atomic_possible: Callable[[Sequence[str]], bool]) -> Step:
-    """Split and check a step's SQL for this database, before anything runs."""
-    from whimbrel.sqlsplit import SplitError, is_transaction_control, split_statements
+    """Split and check a step's SQL for this database, before anything runs.
+
+    Statements are checked one at a time as the splitter finds them, and only their
+    offsets are kept (`StatementList`).
+    """
+    from whimbrel.sqlsplit import SplitError, is_transaction_control, iter_statements
 
     section = step.section
+    statements = StatementList(section.sql)
+    control = set()
+    atomic = section.transaction
+    changes_session = False
+    refusal = _UNSUPPORTED.get(dialect)
     try:
-        statements = split_statements(section.sql, dialect, line_offset=section.line_offset)
+        for index, statement in enumerate(
+            iter_statements(section.sql, dialect, line_offset=section.line_offset)
+        ):
+            text = statement.text
+            created = _CREATES_RELATION.match(text)
+            if created and created["name"].strip('`"[]').lower() == step.set_name:
+                raise InvalidMigrationsError(
+                    f"creates a table or view named {step.set_name!r}, which is the name of "
+                    "the set's own tracking table (a set's tracking table is named after its "
+                    "folder). Rename the set's folder",
+                    set_name=step.set_name,
+                    file=section.file,
+                    line=statement.line,
+                )
+            if refusal and refusal[0].match(text):
+                raise InvalidMigrationsError(
+                    refusal[1], set_name=step.set_name, file=section.file, line=statement.line
+                )
+            if is_transaction_control(statement, dialect):
+                control.add(index)
+            # `atomic_possible` holds for a list when it holds for each statement of it.
+            atomic = atomic and atomic_possible([text])
+            changes_session = changes_session or bool(
+                _SESSION_STATEMENT.match(text) or "set_config" in text.lower()
+            )
+            statements.append(statement)
     except SplitError as exc:
         raise InvalidMigrationsError(
             exc.message, set_name=step.set_name, file=section.file, line=exc.line
@@ -320,38 +408,13 @@ def prepare(step: Step, dialect: Dialect, atomic_possible: Callable[[Sequence[st
         raise InvalidMigrationsError(
             "has no SQL statements (only comments)", set_name=step.set_name, file=section.file
         )
-    for statement in statements:
-        created = _CREATES_RELATION.match(statement.text)
-        if created and created["name"].strip('`"[]').lower() == step.set_name:
-            raise InvalidMigrationsError(
-                f"creates a table or view named {step.set_name!r}, which is the name of the "
-                "set's own tracking table (a set's tracking table is named after its folder). "
-                "Rename the set's folder",
-                set_name=step.set_name,
-                file=section.file,
-                line=statement.line,
-            )
-        refusal = _UNSUPPORTED.get(dialect)
-        if refusal and refusal[0].match(statement.text):
-            raise InvalidMigrationsError(
-                refusal[1], set_name=step.set_name, file=section.file, line=statement.line
-            )
-    control = frozenset(i for i, s in enumerate(statements) if is_transaction_control(s, dialect))
     own_transactions = bool(control)
-    atomic = (
-        section.transaction
-        and not own_transactions
-        and atomic_possible([s.text for s in statements])
-    )
-    changes_session = any(
-        _SESSION_STATEMENT.match(s.text) or "set_config" in s.text.lower() for s in statements
-    )
     return replace(
         step,
-        statements=tuple(statements),
-        atomic=atomic,
+        statements=statements,
+        atomic=atomic and not own_transactions,
         own_transactions=own_transactions,
-        control=control,
+        control=frozenset(control),
         changes_session=changes_session,
     )
 
@@ -546,15 +609,27 @@ def _atomic_item(driver: Driver, step: Step) -> AtomicItem:
         writes = [InsertRow(step.table, row)]
     else:
         writes = [DeleteRow(step.table, step.version)]
-    # PostgreSQL sends the section whole; the others need it split.
-    texts = None if driver.dialect == "postgres" else [s.text for s in step.statements]
-    return AtomicItem(step.section.sql, texts, len(step.statements), writes)
+    # PostgreSQL sends the section whole (a big one in pieces); the others statement by
+    # statement, each text sliced only when it is sent.
+    statements = step.statements
+    if driver.dialect == "postgres":
+        pieces = None
+        if len(step.section.sql) > _PIECE_CHARS and isinstance(statements, StatementList):
+            pieces = statements.pieces(_PIECE_CHARS)
+        return AtomicItem(step.section.sql, None, len(statements), writes, pieces)
+    texts = (s.text for s in statements)
+    return AtomicItem(step.section.sql, texts, len(statements), writes)
+
+
+# A bigger section goes to PostgreSQL in pieces of about this size, inside its transaction,
+# so the query string, its encoding and libpq's copy stay small.
+_PIECE_CHARS = 4 << 20
 
 
 def _run_atomic(driver: Driver, step: Step) -> None:
     item = _atomic_item(driver, step)
     try:
-        driver.run_atomic(item.sql, item.statements, item.writes)
+        driver.run_atomic(item.sql, item.statements, item.writes, item.pieces)
     except StatementError as exc:
         raise _failure(step, exc, rolled_back=True) from None
 
@@ -574,8 +649,8 @@ def _run_stepwise(driver: Driver, step: Step) -> None:
             step.table, step.version, status=REVERTING, reset_progress=not step.resuming
         )
     done_hash = hashlib.sha256()
-    for statement in statements[:start]:
-        _feed(done_hash, statement)
+    for index in range(start):
+        _feed(done_hash, statements[index])
     for index in range(start, len(statements)):
         statement = statements[index]
         _feed(done_hash, statement)

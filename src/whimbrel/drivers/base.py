@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import ClassVar, NamedTuple
@@ -141,12 +141,15 @@ class StatementError(Exception):
 
 
 class AtomicItem(NamedTuple):
-    """One migration for `run_many_in_transaction`."""
+    """One migration for `run_atomic` and `run_many_in_transaction`."""
 
     sql: str
-    statements: Sequence[str] | None  # None where the driver sends `sql` whole
+    statements: Iterable[str] | None  # None where the driver sends `sql` whole
     statement_count: int
     writes: Sequence[TrackingWrite]
+    # Where a driver that sends `sql` whole should cut it instead, for a big section:
+    # (start, end, index of the first statement) of consecutive slices of whole statements.
+    pieces: Sequence[tuple[int, int, int]] | None = None
 
 
 def client_identity() -> str:
@@ -337,7 +340,11 @@ class Driver(ABC):
     begin_sql: ClassVar[str] = "BEGIN"
 
     def run_atomic(
-        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
+        self,
+        sql: str,
+        statements: Iterable[str] | None,
+        writes: Sequence[TrackingWrite],
+        pieces: Sequence[tuple[int, int, int]] | None = None,
     ) -> None:
         """Run `sql` and the tracking `writes` in one transaction; all or nothing.
 
@@ -354,7 +361,7 @@ class Driver(ABC):
             raise
 
     def run_in_transaction(
-        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
+        self, sql: str, statements: Iterable[str] | None, writes: Sequence[TrackingWrite]
     ) -> None:
         """Run `sql` and its tracking `writes` inside the transaction already open (one
         migration of `run_atomic`, or of a --single-transaction run); no COMMIT.
@@ -363,13 +370,15 @@ class Driver(ABC):
         """
         assert statements is not None
         started = time.perf_counter()
+        count = 0
         for index, statement in enumerate(statements):
             self.run_statement(statement, index)
+            count = index + 1
         try:
             for write in with_duration(writes, time.perf_counter() - started):
                 self.write(write)
         except DatabaseError as exc:  # e.g. a trigger the migration put on our table
-            raise StatementError(exc.message, index=len(statements)) from None
+            raise StatementError(exc.message, index=count) from None
 
     def run_many_in_transaction(self, items: Sequence[AtomicItem]) -> None:
         """Several migrations inside the transaction already open (--single-transaction).

@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
@@ -307,22 +308,72 @@ class PostgresDriver(Driver):
         )
 
     def run_atomic(
-        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
+        self,
+        sql: str,
+        statements: Iterable[str] | None,
+        writes: Sequence[TrackingWrite],
+        pieces: Sequence[tuple[int, int, int]] | None = None,
     ) -> None:
         tail = "".join(self._render(w) + ";\n" for w in writes)
-        self._run_wrapped(sql, tail, reset_after=True)
+        if pieces is not None and len(pieces) > 1:
+            self._send("BEGIN")
+            self._run_pieces(sql, pieces, tail + "COMMIT;\n" + _RESET_SESSION)
+        else:
+            self._run_wrapped(sql, tail, reset_after=True)
         self._session_reset = True  # after_migration has nothing left to do
 
     def run_in_transaction(
-        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
+        self, sql: str, statements: Iterable[str] | None, writes: Sequence[TrackingWrite]
     ) -> None:
         tail = "".join(self._render(w) + ";\n" for w in writes)
         self._run_wrapped(sql, tail, own_transaction=False)
 
+    def _run_pieces(self, sql: str, pieces: Sequence[tuple[int, int, int]], tail: str) -> None:
+        """A big section inside the open transaction, one slice of whole statements per
+        round trip, then our tail; only one slice is ever encoded and buffered at a time."""
+        for start, end, first in pieces:
+            results = self._send(sql[start:end] + "\n;\n")
+            if error := self._first_error(results):
+                result_index, result = error
+                self.rollback()
+                position = self._position(result)
+                offset = start + position if position is not None else None
+                if offset is not None and not start <= offset < end:
+                    offset = None
+                raise StatementError(
+                    self._message(result),
+                    index=first + result_index,
+                    position=offset,
+                    sqlstate=self._sqlstate(result),
+                )
+        as_ourselves = (
+            "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
+            "SET LOCAL synchronous_commit = off;\n"
+        )
+        results = self._send(as_ourselves + tail)
+        if error := self._first_error(results):
+            _, result = error
+            self.rollback()
+            # An index past every statement of the file says: our tracking write failed.
+            raise StatementError(
+                self._message(result), index=sys.maxsize, sqlstate=self._sqlstate(result)
+            )
+
     def run_many_in_transaction(self, items: Sequence[AtomicItem]) -> None:
         """All the migrations in one round trip, each followed by its tracking rows and a
         session reset; the count of results before an error (or its position) names the
-        migration and the statement that failed."""
+        migration and the statement that failed. A big one (alone in its batch) goes in
+        pieces."""
+        pieces = items[0].pieces if len(items) == 1 else None
+        if pieces is not None and len(pieces) > 1:
+            item = items[0]
+            tail = "".join(self._render(w) + ";\n" for w in item.writes)
+            try:
+                self._run_pieces(item.sql, pieces, tail + _RESET_SESSION)
+            except StatementError as exc:
+                exc.item = 0
+                raise
+            return
         started_mark = "SELECT set_config('whimbrel.started', clock_timestamp()::text, true);\n"
         started = "current_setting('whimbrel.started')::timestamptz"
         as_ourselves = "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
@@ -365,11 +416,11 @@ class PostgresDriver(Driver):
                 index = max(remaining, 0) if candidate == number else None
                 break
             remaining -= count
-        exc = StatementError(
+        failure = StatementError(
             self._message(result), index=index, position=offset, sqlstate=self._sqlstate(result)
         )
-        exc.item = number if number is not None else len(items) - 1
-        raise exc
+        failure.item = number if number is not None else len(items) - 1
+        raise failure
 
     def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
         if wrap:
