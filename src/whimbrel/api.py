@@ -25,7 +25,7 @@ def load_sets(
     path: str | os.PathLike[str], only: Sequence[str] | None = None
 ) -> list[MigrationSet]:
     """Discover the sets under `path`; `only` keeps the named ones (unknown names are an error)."""
-    sets = discover(path)
+    sets = discover(path, lazy=True)  # a file's sections are parsed when it runs
     if not only:
         return sets
     names = {s.name for s in sets}

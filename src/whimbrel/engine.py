@@ -29,6 +29,7 @@ from whimbrel.drivers.base import (
     TRACKING_COLUMNS,
     AtomicItem,
     DeleteRow,
+    FastPathUnavailable,
     InsertRow,
     Progress,
     RowValues,
@@ -651,10 +652,19 @@ def _run_stepwise(driver: Driver, step: Step) -> None:
     done_hash = hashlib.sha256()
     for index in range(start):
         _feed(done_hash, statements[index])
+    finished = False  # the last statement's progress marked the row applied
     for index in range(start, len(statements)):
         statement = statements[index]
         _feed(done_hash, statement)
-        progress = Progress(step.table, step.version, index + 1, done_hash.hexdigest())
+        last = step.direction == "up" and index == len(statements) - 1
+        assert step.migration is not None or not last
+        progress = Progress(
+            step.table,
+            step.version,
+            index + 1,
+            done_hash.hexdigest(),
+            finished_sha256=step.migration.sha256 if last and step.migration else None,
+        )
         # Each statement commits together with its progress, unless it is transaction
         # control, runs inside a transaction the file opened, or refuses transactions.
         wrap = (
@@ -667,6 +677,7 @@ def _run_stepwise(driver: Driver, step: Step) -> None:
         except StatementError as exc:
             exc.index = index
             raise _stepwise_failure(driver, step, exc) from None
+        finished = last
     if driver.in_transaction():
         raise _stepwise_failure(
             driver,
@@ -679,7 +690,9 @@ def _run_stepwise(driver: Driver, step: Step) -> None:
     # Our final write runs as ourselves, outside whatever SET ROLE the migration made.
     driver.after_migration(step.changes_session)
     duration_ms = (time.perf_counter() - started) * 1000
-    if step.direction == "up":
+    if finished:
+        pass  # the last statement's progress marked the row applied
+    elif step.direction == "up":
         assert step.migration is not None
         driver.set_status(
             step.table,
@@ -720,11 +733,50 @@ def _sqlite_missing(url: DatabaseURL) -> bool:
 
 def inspect(sets: Sequence[MigrationSet], url: DatabaseURL, options: RunOptions) -> list[SetState]:
     """Read the state of every set; a pending file that apply would reject is an error too."""
+    reader = _fast_reader(url, options, "inspect")
+    if reader is not None:
+        try:
+            return _inspect(reader, sets)
+        except FastPathUnavailable:
+            pass  # the full driver reads again, and reports any error as it always has
+        finally:
+            reader.close()
     with session(url, options, "inspect") as driver:
-        states = read_states(driver, sets)
-        for step, _ in _up_steps(states, RunOptions()):
-            prepare(step, driver.dialect, driver.can_run_atomically)
-        return states
+        return _inspect(driver, sets)
+
+
+def _inspect(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
+    states = read_states(driver, sets)
+    for step, _ in _up_steps(states, RunOptions()):
+        prepare(step, driver.dialect, driver.can_run_atomically)
+    return states
+
+
+def _fast_reader(url: DatabaseURL, options: RunOptions, command: str) -> Driver | None:
+    """On PostgreSQL, a read-only session that does not import psycopg (drivers.libpq)."""
+    if url.dialect != "postgres":
+        return None
+    from whimbrel.drivers.libpq import open_reader
+
+    return open_reader(
+        url,
+        connect_timeout=options.connect_timeout,
+        application_name=application_name(command),
+    )
+
+
+def _nothing_to_apply(driver: Driver, sets: Sequence[MigrationSet]) -> bool:
+    """Whether every migration is applied, read without the lock.
+
+    A row says `applied` only once its migration has committed, so when every file has
+    one, there is nothing for this run to do, whatever other runs are doing: a no-op
+    apply needs no lock (and, on PostgreSQL, no psycopg). Anything else (pending, dirty,
+    drift) goes the locked way, which re-reads under the lock.
+    """
+    try:
+        return all(state.up_to_date for state in read_states(driver, sets))
+    except FastPathUnavailable:
+        return False
 
 
 def _up_steps(states: Sequence[SetState], options: RunOptions) -> list[tuple[Step, MigrationState]]:
@@ -749,6 +801,9 @@ def _up_steps(states: Sequence[SetState], options: RunOptions) -> list[tuple[Ste
 
 
 def _step(set_name: str, direction: Direction, migration: Migration, section: Section) -> Step:
+    # Discovery parses sections lazily: check the whole file (its down section is recorded
+    # with it) now, before anything runs.
+    migration.down  # noqa: B018
     return Step(
         set_name=set_name,
         direction=direction,
@@ -775,10 +830,28 @@ def apply(
         if options.dry_run:
             result.steps = [_planned(step) for step in steps]
             return result
-    with (
-        session(url, options, "apply", create=not options.dry_run) as driver,
-        _maybe_locked(driver, options, reporter),
-    ):
+    if not options.dry_run:
+        reader = _fast_reader(url, options, "apply")
+        if reader is not None:
+            try:
+                if _nothing_to_apply(reader, sets):
+                    return result
+            finally:
+                reader.close()
+    with session(url, options, "apply", create=not options.dry_run) as driver:
+        if not options.dry_run and url.dialect != "postgres" and _nothing_to_apply(driver, sets):
+            return result
+        return _apply_locked(driver, sets, options, reporter, result)
+
+
+def _apply_locked(
+    driver: Driver,
+    sets: Sequence[MigrationSet],
+    options: RunOptions,
+    reporter: Reporter,
+    result: RunResult,
+) -> RunResult:
+    with _maybe_locked(driver, options, reporter):
         states = read_states(driver, sets)
         check_safe(states, options, "apply")
         planned = _prepare_all(driver, _up_steps(states, options))

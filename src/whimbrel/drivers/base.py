@@ -107,11 +107,19 @@ def with_duration(writes: Sequence[TrackingWrite], seconds: float) -> list[Track
     ]
 
 
+class FastPathUnavailable(Exception):
+    """A read-only shortcut (drivers.libpq) cannot answer; the caller uses the full driver."""
+
+
 class Progress(NamedTuple):
     table: str
     version: int
     statements_done: int
     statements_sha256: str
+    # On an up migration's last statement: the file's sha256. The same write then marks the
+    # row applied (its duration counted on the server from applied_at, set when it
+    # started), so finishing a migration costs no write, round trip or commit of its own.
+    finished_sha256: str | None = None
 
 
 class StatementError(Exception):
@@ -159,6 +167,26 @@ def client_identity() -> str:
     except Exception:  # no user name in some containers
         user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
     return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def tracking_row(
+    r: Sequence[object], to_datetime: Callable[[object], datetime | None]
+) -> TrackingRow:
+    """A TrackingRow from (table, version, name, ..., applied_by) as read_rows_many selects."""
+    return TrackingRow(
+        version=int(r[1]),  # type: ignore[call-overload]
+        name=str(r[2]),
+        file=str(r[3]),
+        sha256=str(r[4]).strip(),
+        status=str(r[5]),
+        statements_done=int(r[6]),  # type: ignore[call-overload]
+        statements_sha256=str(r[7]).strip() if r[7] is not None else None,
+        error=str(r[8]) if r[8] is not None else None,
+        has_down_sql=bool(r[9]),
+        applied_at=to_datetime(r[10]),
+        duration_ms=float(r[11]) if r[11] is not None else None,  # type: ignore[arg-type]
+        applied_by=str(r[12]) if r[12] is not None else None,
+    )
 
 
 class Driver(ABC):
@@ -237,22 +265,7 @@ class Driver(ABC):
             rows = self.fetch(" UNION ALL ".join(selects) + " ORDER BY 1, 2", chunk)
             to_datetime = self.to_datetime
             for r in rows:
-                result[str(r[0])].append(
-                    TrackingRow(
-                        version=int(r[1]),  # type: ignore[call-overload]
-                        name=str(r[2]),
-                        file=str(r[3]),
-                        sha256=str(r[4]).strip(),
-                        status=str(r[5]),
-                        statements_done=int(r[6]),  # type: ignore[call-overload]
-                        statements_sha256=str(r[7]).strip() if r[7] is not None else None,
-                        error=str(r[8]) if r[8] is not None else None,
-                        has_down_sql=bool(r[9]),
-                        applied_at=to_datetime(r[10]),
-                        duration_ms=float(r[11]) if r[11] is not None else None,  # type: ignore[arg-type]
-                        applied_by=str(r[12]) if r[12] is not None else None,
-                    )
-                )
+                result[str(r[0])].append(tracking_row(r, to_datetime))
         return result
 
     def read_down_sql(self, table: str, version: int) -> str | None:
@@ -298,15 +311,29 @@ class Driver(ABC):
                 (write.version,),
             )
 
-    def update_progress(
-        self, table: str, version: int, statements_done: int, statements_sha256: str
-    ) -> None:
+    def elapsed_ms_sql(self) -> str:
+        """SQL for the milliseconds since the row's applied_at."""
+        return "(julianday('now') - julianday(applied_at)) * 86400000.0"
+
+    def progress_sql(self, progress: Progress) -> tuple[str, tuple[object, ...]]:
         p = self.placeholder
-        self.execute(
-            f"UPDATE {self.qualified(table)} SET statements_done = {p}, statements_sha256 = {p} "
-            f"WHERE version = {p}",
-            (statements_done, statements_sha256, version),
+        sets = f"statements_done = {p}, statements_sha256 = {p}"
+        params: list[object] = [progress.statements_done, progress.statements_sha256]
+        if progress.finished_sha256 is not None:
+            # duration first: it reads applied_at before applied_at is set to now.
+            sets += (
+                f", duration_ms = {self.elapsed_ms_sql()}, applied_at = {self.now_sql()}, "
+                f"status = {p}, error = NULL, sha256 = {p}"
+            )
+            params += [APPLIED, progress.finished_sha256]
+        params.append(progress.version)
+        return (
+            f"UPDATE {self.qualified(progress.table)} SET {sets} WHERE version = {p}",
+            tuple(params),
         )
+
+    def update_progress(self, progress: Progress) -> None:
+        self.execute(*self.progress_sql(progress))
 
     def set_status(
         self,
@@ -413,12 +440,12 @@ class Driver(ABC):
         """
         if not wrap:
             self.run_statement(sql)
-            self.update_progress(*progress)
+            self.update_progress(progress)
             return
         self.execute(self.begin_sql)
         try:
             self.run_statement(sql)
-            self.update_progress(*progress)
+            self.update_progress(progress)
             self.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):

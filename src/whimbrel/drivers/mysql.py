@@ -24,10 +24,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from whimbrel.drivers.base import (
+    APPLYING,
     Driver,
+    InsertRow,
     LockWaitCallback,
     Progress,
     StatementError,
+    TrackingWrite,
 )
 from whimbrel.errors import ConnectionFailed, DatabaseError, LockTimeout, UsageError
 from whimbrel.urls import DatabaseURL, redact
@@ -76,6 +79,7 @@ class MySQLDriver(Driver):
         if ssl or params.get("ssl", "").lower() in {"true", "1"}:
             self._connect_kwargs["ssl"] = ssl
         self.conn = self._connect()
+        self._deferred: str | None = None  # a tracking INSERT to send with the next statement
         self.lock_conn: Connection | None = None
         self.lock_name = _lock_name("whimbrel", url.database)
         self.work_lock_name = _lock_name("whimbrel-work", url.database)
@@ -111,6 +115,8 @@ class MySQLDriver(Driver):
         import pymysql
 
         conn = conn or self.conn
+        if self._deferred is not None and conn is self.conn:
+            self._flush_deferred()
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, tuple(params) if params else None)
@@ -157,6 +163,9 @@ class MySQLDriver(Driver):
 
     def now_sql(self) -> str:
         return "UTC_TIMESTAMP(6)"
+
+    def elapsed_ms_sql(self) -> str:
+        return "TIMESTAMPDIFF(MICROSECOND, applied_at, UTC_TIMESTAMP(6)) / 1000"
 
     def to_datetime(self, value: object) -> datetime | None:
         return value.replace(tzinfo=UTC) if isinstance(value, datetime) else None
@@ -272,13 +281,8 @@ class MySQLDriver(Driver):
         if not wrap:
             super().run_tracked(sql, progress, wrap=False)
             return
-        table, version, done, done_sha = progress
         sql = sql.rstrip().rstrip(";")  # "stmt;\n;" would be an empty statement, an error here
-        update = self._run_sql_params(
-            f"UPDATE {self.qualified(table)} SET statements_done = %s, statements_sha256 = %s "
-            "WHERE version = %s",
-            (done, done_sha, version),
-        )
+        update = self._run_sql_params(*self.progress_sql(progress))
         # One round trip; the server stops at the first error, so nothing after it runs.
         try:
             self._statement(f"BEGIN;\n{sql}\n;\n{update};\nCOMMIT", 0, body=sql)
@@ -293,24 +297,70 @@ class MySQLDriver(Driver):
     def run_statement(self, sql: str, index: int = 0) -> None:
         self._statement(sql, index)
 
+    def write(self, write: TrackingWrite) -> None:
+        if isinstance(write, InsertRow) and write.row.status == APPLYING:
+            # A migration about to run: its row travels with its first statement (_statement).
+            self._flush_deferred()
+            self._deferred = self._run_sql_params(*self.insert_sql(write))
+            return
+        super().write(write)
+
+    def _flush_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            self.execute(deferred)
+
     def _statement(self, sql: str, index: int, *, body: str | None = None) -> None:
         import pymysql
 
+        prefix, self._deferred = self._deferred, None
+        if prefix is not None:
+            # `INSERT applying-row; <statement ...>` in one round trip: the server stops at
+            # the first error, so a failed INSERT runs nothing of the migration.
+            try:
+                with self.conn.cursor() as cur:
+                    cur.execute(prefix + ";\n" + sql)
+                    try:
+                        while cur.nextset():
+                            pass
+                    except pymysql.OperationalError as exc:
+                        if exc.args and exc.args[0] in _CONNECTION_ERRORS:
+                            raise ConnectionFailed(
+                                f"lost the connection to {self.url}: {self._describe(exc)}"
+                            ) from None
+                        raise self._statement_error(exc, sql, index, body) from None
+                    except pymysql.MySQLError as exc:
+                        raise self._statement_error(exc, sql, index, body) from None
+            except pymysql.MySQLError as exc:  # the INSERT: our tracking write
+                if exc.args and exc.args[0] in _CONNECTION_ERRORS:
+                    raise ConnectionFailed(
+                        f"lost the connection to {self.url}: {self._describe(exc)}"
+                    ) from None
+                raise DatabaseError(self._describe(exc)) from None
+            except KeyboardInterrupt:
+                self._kill_running_query(self.conn)
+                raise
+            return
         try:
             self._run(sql, ())
         except pymysql.MySQLError as exc:
-            message = self._describe(exc)
-            position = None
-            if match := _AT_LINE.search(message):
-                position = _offset_of_line(body if body is not None else sql, int(match[1]))
-            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-            raise StatementError(
-                message,
-                index=index,
-                position=position,
-                sqlstate=str(code) if code else None,
-                relative_to_statement=True,
-            ) from None
+            raise self._statement_error(exc, sql, index, body) from None
+
+    def _statement_error(
+        self, exc: BaseException, sql: str, index: int, body: str | None
+    ) -> StatementError:
+        message = self._describe(exc)
+        position = None
+        if match := _AT_LINE.search(message):
+            position = _offset_of_line(body if body is not None else sql, int(match[1]))
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        return StatementError(
+            message,
+            index=index,
+            position=position,
+            sqlstate=str(code) if code else None,
+            relative_to_statement=True,
+        )
 
     def in_transaction(self) -> bool:
         # Every OK packet carries the session's status: no round trip needed. With
@@ -325,6 +375,7 @@ class MySQLDriver(Driver):
         self.execute("ROLLBACK")
 
     def reset_session(self) -> None:
+        self._flush_deferred()
         # MySQL has no statement that resets a session's variables; a new session does.
         with contextlib.suppress(Exception):
             self.conn.close()

@@ -300,12 +300,12 @@ class PostgresDriver(Driver):
             f"applied_by) VALUES ({values})"
         )
 
+    def elapsed_ms_sql(self) -> str:
+        return "EXTRACT(EPOCH FROM clock_timestamp() - applied_at) * 1000"
+
     def _render_progress(self, progress: Progress) -> str:
-        return (
-            f"UPDATE {self.qualified(progress.table)} SET statements_done = "
-            f"{progress.statements_done}, statements_sha256 = "
-            f"{_literal(progress.statements_sha256)} WHERE version = {progress.version}"
-        )
+        sql, params = self.progress_sql(progress)
+        return sql % tuple(_literal(value) for value in params)
 
     def run_atomic(
         self,
@@ -428,7 +428,7 @@ class PostgresDriver(Driver):
             return
         # Alone, so that statements such as CREATE INDEX CONCURRENTLY can run.
         self.run_statement(sql)
-        self.update_progress(*progress)
+        self.update_progress(progress)
 
     def _run_wrapped(
         self, sql: str, tail: str, *, own_transaction: bool = True, reset_after: bool = False
