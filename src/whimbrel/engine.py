@@ -1029,6 +1029,8 @@ def _execute_all(
             outcome = execute_step(driver, step)
             result.steps.append(outcome)
             reporter.step_finished(step, outcome)
+        with _context("recording the last migration in its tracking table"):
+            driver.flush_tracking()
     except WhimbrelError as exc:
         exc.partial = result
         raise

@@ -463,6 +463,9 @@ class Driver(ABC):
     def reset_session(self) -> None:
         """Undo session settings a migration made (SET, USE, PRAGMA) before the next one."""
 
+    def flush_tracking(self) -> None:  # noqa: B027 - most drivers hold nothing back
+        """Send tracking writes a driver holds back to send with its next statement."""
+
     def after_migration(self, changed_session: bool) -> None:
         """Called after every migration; `changed_session` says it has SET, USE, PRAGMA..."""
         if changed_session:

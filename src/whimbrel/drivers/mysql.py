@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 
 # Statements that never commit implicitly: a section made only of these is atomic here too.
 _NO_IMPLICIT_COMMIT = re.compile(r"(?:insert|update|delete|replace|select|with)\b", re.IGNORECASE)
+# Statements that commit implicitly (CREATE/ALTER/DROP/RENAME/TRUNCATE; not the TEMPORARY
+# ones): our pending tracking writes can ride on that commit.
+_IMPLICIT_COMMIT = re.compile(
+    r"(?:create|alter|drop|rename|truncate)\b(?!\s+temporary\b)", re.IGNORECASE
+)
 # MySQL reports "... near '...' at line N", N counted from the statement's first line.
 _AT_LINE = re.compile(r" at line (\d+)$")
 # Client-side errors: the server went away or could not be reached.
@@ -79,7 +84,9 @@ class MySQLDriver(Driver):
         if ssl or params.get("ssl", "").lower() in {"true", "1"}:
             self._connect_kwargs["ssl"] = ssl
         self.conn = self._connect()
-        self._deferred: str | None = None  # a tracking INSERT to send with the next statement
+        # Tracking writes that travel with the next statement that commits implicitly, or
+        # before anything else this connection sends (_run).
+        self._pending: list[str] = []
         self.lock_conn: Connection | None = None
         self.lock_name = _lock_name("whimbrel", url.database)
         self.work_lock_name = _lock_name("whimbrel-work", url.database)
@@ -115,8 +122,8 @@ class MySQLDriver(Driver):
         import pymysql
 
         conn = conn or self.conn
-        if self._deferred is not None and conn is self.conn:
-            self._flush_deferred()
+        if self._pending and conn is self.conn:
+            self._flush_pending()
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, tuple(params) if params else None)
@@ -278,6 +285,10 @@ class MySQLDriver(Driver):
         return all(_NO_IMPLICIT_COMMIT.match(s) for s in statements)
 
     def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
+        if wrap and _IMPLICIT_COMMIT.match(sql):
+            self._run_ddl(sql.rstrip().rstrip(";"), progress)
+            return
+        self._flush_pending()
         if not wrap:
             super().run_tracked(sql, progress, wrap=False)
             return
@@ -291,6 +302,44 @@ class MySQLDriver(Driver):
                 self.rollback()
             raise
 
+    def _run_ddl(self, sql: str, progress: Progress) -> None:
+        """A statement that commits implicitly: `BEGIN; <our pending writes>; <statement>` in
+        one round trip. The server commits our writes (the previous statement's progress,
+        the previous migration's final status, this migration's `applying` row) as the
+        statement starts, so the tracking costs one commit per statement, not two or three;
+        this statement's own progress waits for the next round trip (or a flush).
+        """
+        import pymysql
+
+        pending, self._pending = self._pending, []
+        query = "BEGIN;\n" + "".join(w + ";\n" for w in pending) + sql if pending else sql
+        ours = 1 + len(pending) if pending else 0  # results before the statement's
+        done = 0
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(query)
+                done = 1
+                while cur.nextset():
+                    done += 1
+        except pymysql.MySQLError as exc:
+            if exc.args and exc.args[0] in _CONNECTION_ERRORS:
+                raise ConnectionFailed(
+                    f"lost the connection to {self.url}: {self._describe(exc)}"
+                ) from None
+            if done < ours:  # one of our writes failed: nothing of the statement ran
+                with contextlib.suppress(Exception):
+                    self.rollback()
+                raise DatabaseError(self._describe(exc)) from None
+            if pending and self.in_transaction():
+                # Refused before its implicit commit (a syntax error, say): our writes are
+                # still open, and they record finished work.
+                self.execute("COMMIT")
+            raise self._statement_error(exc, sql, 0, None) from None
+        except KeyboardInterrupt:
+            self._kill_running_query(self.conn)
+            raise
+        self._pending.append(self._run_sql_params(*self.progress_sql(progress)))
+
     def _run_sql_params(self, sql: str, params: Sequence[object]) -> str:
         return self.conn.cursor().mogrify(sql, tuple(params))
 
@@ -299,48 +348,23 @@ class MySQLDriver(Driver):
 
     def write(self, write: TrackingWrite) -> None:
         if isinstance(write, InsertRow) and write.row.status == APPLYING:
-            # A migration about to run: its row travels with its first statement (_statement).
-            self._flush_deferred()
-            self._deferred = self._run_sql_params(*self.insert_sql(write))
+            # A migration about to run: its row travels with its first statement.
+            self._pending.append(self._run_sql_params(*self.insert_sql(write)))
             return
         super().write(write)
 
-    def _flush_deferred(self) -> None:
-        deferred, self._deferred = self._deferred, None
-        if deferred is not None:
-            self.execute(deferred)
+    def flush_tracking(self) -> None:
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        """Send the tracking writes that wait for the next statement, as one transaction."""
+        pending, self._pending = self._pending, []
+        if pending:
+            self.execute("BEGIN;\n" + "".join(w + ";\n" for w in pending) + "COMMIT")
 
     def _statement(self, sql: str, index: int, *, body: str | None = None) -> None:
         import pymysql
 
-        prefix, self._deferred = self._deferred, None
-        if prefix is not None:
-            # `INSERT applying-row; <statement ...>` in one round trip: the server stops at
-            # the first error, so a failed INSERT runs nothing of the migration.
-            try:
-                with self.conn.cursor() as cur:
-                    cur.execute(prefix + ";\n" + sql)
-                    try:
-                        while cur.nextset():
-                            pass
-                    except pymysql.OperationalError as exc:
-                        if exc.args and exc.args[0] in _CONNECTION_ERRORS:
-                            raise ConnectionFailed(
-                                f"lost the connection to {self.url}: {self._describe(exc)}"
-                            ) from None
-                        raise self._statement_error(exc, sql, index, body) from None
-                    except pymysql.MySQLError as exc:
-                        raise self._statement_error(exc, sql, index, body) from None
-            except pymysql.MySQLError as exc:  # the INSERT: our tracking write
-                if exc.args and exc.args[0] in _CONNECTION_ERRORS:
-                    raise ConnectionFailed(
-                        f"lost the connection to {self.url}: {self._describe(exc)}"
-                    ) from None
-                raise DatabaseError(self._describe(exc)) from None
-            except KeyboardInterrupt:
-                self._kill_running_query(self.conn)
-                raise
-            return
         try:
             self._run(sql, ())
         except pymysql.MySQLError as exc:
@@ -375,7 +399,7 @@ class MySQLDriver(Driver):
         self.execute("ROLLBACK")
 
     def reset_session(self) -> None:
-        self._flush_deferred()
+        self._flush_pending()
         # MySQL has no statement that resets a session's variables; a new session does.
         with contextlib.suppress(Exception):
             self.conn.close()
