@@ -3,13 +3,14 @@ PostgresDriver reads, and an up-to-date apply returns without waiting for the lo
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from conftest import Database, run_cli, write_tree
+from conftest import Database, run_cli, whimbrel_executable, write_tree
 from whimbrel.drivers.libpq import open_reader
 from whimbrel.drivers.postgres import LOCK_KEY, PostgresDriver
 from whimbrel.urls import parse_url
@@ -78,3 +79,25 @@ def test_up_to_date_apply_reads_once_elsewhere(
     write_tree(tree, {"1_a.up.sql": "CREATE TABLE a (id INT, more INT);"})
     refused = run_cli("migrations", "apply", str(tree), "--url", db.url)
     assert refused.returncode == 8 and "was modified after it was applied" in refused.stderr
+
+
+def test_a_run_queued_behind_another_finds_its_work_done(
+    postgres_db: Database, tmp_path: Path
+) -> None:
+    tree = write_tree(
+        tmp_path / "app", {"1_slow.up.sql": "SELECT pg_sleep(2);\nCREATE TABLE a (id INT);"}
+    )
+    command = [*whimbrel_executable(), "migrations", "apply", str(tree), "--url", postgres_db.url]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None
+        assert first.stdout.read(len("app: applying")) == "app: applying"  # holds the lock
+        second = run_cli("migrations", "apply", str(tree), "--url", postgres_db.url)
+        assert second.returncode == 0, second.stderr
+        assert "waiting for the migration lock" in second.stderr
+        assert "Nothing to apply" in second.stdout
+        assert first.wait(30) == 0
+    finally:
+        first.kill()
+        first.wait()
+    assert postgres_db.query("SELECT version, status FROM app") == [(1, "applied")]

@@ -50,6 +50,7 @@ from whimbrel.plan import MigrationState, SetState, compare
 from whimbrel.urls import DatabaseURL, Dialect, redact
 
 if TYPE_CHECKING:
+    from whimbrel.drivers.libpq import LibpqReader
     from whimbrel.sqlsplit import Statement
 
 Direction = Literal["up", "down"]
@@ -752,7 +753,7 @@ def _inspect(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
     return states
 
 
-def _fast_reader(url: DatabaseURL, options: RunOptions, command: str) -> Driver | None:
+def _fast_reader(url: DatabaseURL, options: RunOptions, command: str) -> LibpqReader | None:
     """On PostgreSQL, a read-only session that does not import psycopg (drivers.libpq)."""
     if url.dialect != "postgres":
         return None
@@ -836,6 +837,17 @@ def apply(
             try:
                 if _nothing_to_apply(reader, sets):
                     return result
+                # Behind another run, wait for it here (it may do all of this run's work),
+                # then take the lock the usual way with what is left of the timeout.
+                started = time.monotonic()
+                try:
+                    waited = reader.wait_for_other_runs(options.lock_timeout, reporter.lock_waiting)
+                except FastPathUnavailable:
+                    waited = False
+                if waited and _nothing_to_apply(reader, sets):
+                    return result
+                left = max(0.0, options.lock_timeout - (time.monotonic() - started))
+                options = replace(options, lock_timeout=left)
             finally:
                 reader.close()
     with session(url, options, "apply", create=not options.dry_run) as driver:

@@ -22,14 +22,19 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from whimbrel.drivers.base import FastPathUnavailable as Unavailable
-from whimbrel.drivers.base import TrackingRow, tracking_row
-from whimbrel.drivers.postgres import PostgresDriver, _literal
-from whimbrel.errors import ConnectionFailed
+from whimbrel.drivers.base import LockWaitCallback, TrackingRow, tracking_row
+from whimbrel.drivers.postgres import LOCK_KEY, PostgresDriver, _literal
+from whimbrel.errors import ConnectionFailed, LockTimeout
 from whimbrel.urls import DatabaseURL, redact
 
 _CONNECTION_OK = 0
+_COMMAND_OK = 1
 _TUPLES_OK = 2
-_DIAG_MESSAGE_PRIMARY = ord("M")
+_DIAG_SQLSTATE = ord("C")
+
+
+class _LockNotAvailable(Exception):
+    pass
 
 
 _libpq: Any = None
@@ -160,6 +165,42 @@ class LibpqReader(PostgresDriver):
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> None:
         raise Unavailable("read-only")
+
+    def wait_for_other_runs(self, timeout: float, on_wait: LockWaitCallback) -> bool:
+        """Wait until no run holds the run lock, without keeping it; True if one did.
+
+        The runs queued behind another one wait here, without psycopg, and most then find
+        that it did their work: they never import psycopg at all.
+        """
+        if self._scalar(f"SELECT pg_try_advisory_lock({LOCK_KEY})"):
+            self._command(f"SELECT pg_advisory_unlock({LOCK_KEY})")
+            return False
+        holder = self.lock_holder(LOCK_KEY)
+        on_wait(holder)
+        self._command(f"SET lock_timeout = {max(1, int(timeout * 1000))}")
+        try:
+            self._command(f"SELECT pg_advisory_lock({LOCK_KEY})")
+        except _LockNotAvailable:
+            raise LockTimeout(
+                f"gave up after {timeout:g} s waiting for the migration lock on {self.url}"
+                + (f", held by {self.lock_holder(LOCK_KEY) or holder}" if holder else "")
+            ) from None
+        self._command(f"SELECT pg_advisory_unlock({LOCK_KEY}); RESET lock_timeout")
+        return True
+
+    def _scalar(self, sql: str) -> object:
+        return self._json(f"SELECT to_json(({sql}))")
+
+    def _command(self, sql: str) -> None:
+        result = self._pq.PQexec(self._conn, sql.encode())
+        try:
+            if self._pq.PQresultStatus(result) not in (_COMMAND_OK, _TUPLES_OK):
+                sqlstate = self._pq.PQresultErrorField(result, _DIAG_SQLSTATE)
+                if sqlstate == b"55P03":
+                    raise _LockNotAvailable
+                raise Unavailable("command failed")
+        finally:
+            self._pq.PQclear(result)
 
     def to_datetime(self, value: object) -> datetime | None:
         # json_agg writes timestamptz as ISO 8601 with its offset.

@@ -195,8 +195,9 @@ class PostgresDriver(Driver):
         )
         if not rows:
             return None
-        pid, app, user, addr, started = rows[0]
-        since = started.strftime("%Y-%m-%d %H:%M:%S %Z") if isinstance(started, datetime) else ""
+        pid, app, user, addr, backend_start = rows[0]
+        started = self.to_datetime(backend_start)
+        since = started.strftime("%Y-%m-%d %H:%M:%S %Z") if started is not None else ""
         return f"server pid {pid} ({app or 'no application name'}, user {user}, from " + (
             f"{addr or 'local socket'}, connected {since})"
         )
