@@ -376,10 +376,13 @@ def measure_full_apply(server: Server, tree: Tree, results: Results) -> None:
 
 
 def measure_noop(server: Server, tree: Tree, results: Results) -> None:
-    """Start-up dominated: apply and inspect on an up-to-date database."""
-    database = server.create()
+    """Start-up dominated: apply and inspect on an up-to-date database (one per tool, as
+    each keeps its own records and the same tables)."""
+    databases: dict[str, str] = {}
     try:
-        url = server.url(database, "whimbrel")
+        for tool in ("whimbrel", "dbmate", "yoyo"):
+            databases[tool] = server.create()
+        url = server.url(databases["whimbrel"], "whimbrel")
         run_timed(whimbrel("apply", str(tree.root), "--url", url))
         tools: dict[str, list[str]] = {
             "python -c pass": [sys.executable, "-c", "pass"],
@@ -388,16 +391,22 @@ def measure_noop(server: Server, tree: Tree, results: Results) -> None:
         }
         if server.name == "postgres":
             tools["psql -c 'SELECT 1'"] = ["psql", url, "-qAtX", "-c", "SELECT 1"]
+        else:
+            tools["mariadb -e 'SELECT 1'"] = [
+                *server.floors(databases["whimbrel"], tree.all_sql)["mariadb <"][0],
+                "-e",
+                "SELECT 1",
+            ]
         if DBMATE.exists():
-            run_timed(dbmate(server.url(database, "dbmate"), tree.dbmate_dirs, "up"))
-            tools["dbmate up"] = dbmate(server.url(database, "dbmate"), tree.dbmate_dirs, "up")
-            tools["dbmate status"] = dbmate(
-                server.url(database, "dbmate"), tree.dbmate_dirs, "status"
-            )
+            dbmate_url = server.url(databases["dbmate"], "dbmate")
+            run_timed(dbmate(dbmate_url, tree.dbmate_dirs, "up"))
+            tools["dbmate up"] = dbmate(dbmate_url, tree.dbmate_dirs, "up")
+            tools["dbmate status"] = dbmate(dbmate_url, tree.dbmate_dirs, "status")
         if YOYO.exists():
-            run_timed(yoyo(server.url(database, "yoyo"), tree.yoyo_dir, "apply"))
-            tools["yoyo apply"] = yoyo(server.url(database, "yoyo"), tree.yoyo_dir, "apply")
-            tools["yoyo list"] = yoyo(server.url(database, "yoyo"), tree.yoyo_dir, "list")
+            yoyo_url = server.url(databases["yoyo"], "yoyo")
+            run_timed(yoyo(yoyo_url, tree.yoyo_dir, "apply"))
+            tools["yoyo apply"] = yoyo(yoyo_url, tree.yoyo_dir, "apply")
+            tools["yoyo list"] = yoyo(yoyo_url, tree.yoyo_dir, "list")
         times: dict[str, list[float]] = {name: [] for name in tools}
         for _ in range(max(results.runs, 5) * 2):  # cheap: more runs, steadier medians
             for name, command in tools.items():
@@ -405,7 +414,8 @@ def measure_noop(server: Server, tree: Tree, results: Results) -> None:
         for name, values in times.items():
             results.add(server.label, f"no-op, {tree.count} migrations", name, values, "s")
     finally:
-        server.drop(database)
+        for database in databases.values():
+            server.drop(database)
 
 
 def measure_inspect_scaling(server: Server, small: Tree, large: Tree, results: Results) -> None:
@@ -416,8 +426,7 @@ def measure_inspect_scaling(server: Server, small: Tree, large: Tree, results: R
         for tree in (small, large):
             databases[tree.name] = database = server.create()
             url = server.url(database, "whimbrel")
-            setup = ["--single-transaction"] if server.name != "mysql" else []
-            run_timed(whimbrel("apply", str(tree.root), "--url", url, *setup))
+            run_timed(whimbrel("apply", str(tree.root), "--url", url))
         samples: dict[str, list[Sample]] = {small.name: [], large.name: []}
         for _ in range(results.runs):
             for tree in (small, large):

@@ -36,6 +36,7 @@ from whimbrel.drivers.base import (
     StatementError,
     client_identity,
 )
+from whimbrel.drivers.postgres import PostgresDriver
 from whimbrel.errors import (
     ConnectionFailed,
     DatabaseError,
@@ -831,29 +832,44 @@ def apply(
         if options.dry_run:
             result.steps = [_planned(step) for step in steps]
             return result
+    run_lock: LibpqReader | None = None  # a libpq session holding the run lock already
     if not options.dry_run:
         reader = _fast_reader(url, options, "apply")
         if reader is not None:
             try:
                 if _nothing_to_apply(reader, sets):
                     return result
-                # Behind another run, wait for it here (it may do all of this run's work),
-                # then take the lock the usual way with what is left of the timeout.
+                # Wait for the lock here, psycopg-free: the run ahead of this one may do
+                # all of its work. Then hand the lock on to the full driver.
                 started = time.monotonic()
-                try:
-                    waited = reader.wait_for_other_runs(options.lock_timeout, reporter.lock_waiting)
-                except FastPathUnavailable:
-                    waited = False
-                if waited and _nothing_to_apply(reader, sets):
+                reader.acquire_run_lock(options.lock_timeout, reporter.lock_waiting)
+                if _nothing_to_apply(reader, sets):
                     return result
                 left = max(0.0, options.lock_timeout - (time.monotonic() - started))
                 options = replace(options, lock_timeout=left)
+                run_lock = reader
+            except FastPathUnavailable:
+                pass
             finally:
-                reader.close()
-    with session(url, options, "apply", create=not options.dry_run) as driver:
-        if not options.dry_run and url.dialect != "postgres" and _nothing_to_apply(driver, sets):
-            return result
-        return _apply_locked(driver, sets, options, reporter, result)
+                if run_lock is None:
+                    reader.close()  # frees the lock if it holds it
+    try:
+        with session(url, options, "apply", create=not options.dry_run) as driver:
+            if run_lock is not None:
+                assert isinstance(driver, PostgresDriver)
+                driver.adopt_run_lock(run_lock)
+                run_lock = None
+            # Elsewhere the same check runs in the main session (the lock is cheap there).
+            if (
+                not options.dry_run
+                and url.dialect != "postgres"
+                and _nothing_to_apply(driver, sets)
+            ):
+                return result
+            return _apply_locked(driver, sets, options, reporter, result)
+    finally:
+        if run_lock is not None:  # the full session never started
+            run_lock.close()
 
 
 def _apply_locked(

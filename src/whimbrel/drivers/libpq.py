@@ -116,6 +116,7 @@ class LibpqReader(PostgresDriver):
                 f"cannot connect to {url}: {redact(message.strip(), url.secrets())}"
             )
         self.lock_conn = None
+        self.run_lock_holder = None
         self._session_reset = False
         schema = self.fetch("SELECT current_schema()")[0][0]
         if schema is None:
@@ -166,15 +167,15 @@ class LibpqReader(PostgresDriver):
     def execute(self, sql: str, params: Sequence[object] = ()) -> None:
         raise Unavailable("read-only")
 
-    def wait_for_other_runs(self, timeout: float, on_wait: LockWaitCallback) -> bool:
-        """Wait until no run holds the run lock, without keeping it; True if one did.
+    def acquire_run_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:
+        """Take the run lock on this connection, waiting as PostgresDriver does.
 
-        The runs queued behind another one wait here, without psycopg, and most then find
-        that it did their work: they never import psycopg at all.
+        The runs queued behind another one wait here, without psycopg; most then find that
+        it did their work and never import psycopg at all. The one that has work left hands
+        this connection, lock held, to PostgresDriver (`adopt_run_lock`).
         """
         if self._scalar(f"SELECT pg_try_advisory_lock({LOCK_KEY})"):
-            self._command(f"SELECT pg_advisory_unlock({LOCK_KEY})")
-            return False
+            return
         holder = self.lock_holder(LOCK_KEY)
         on_wait(holder)
         self._command(f"SET lock_timeout = {max(1, int(timeout * 1000))}")
@@ -185,8 +186,7 @@ class LibpqReader(PostgresDriver):
                 f"gave up after {timeout:g} s waiting for the migration lock on {self.url}"
                 + (f", held by {self.lock_holder(LOCK_KEY) or holder}" if holder else "")
             ) from None
-        self._command(f"SELECT pg_advisory_unlock({LOCK_KEY}); RESET lock_timeout")
-        return True
+        self._command("RESET lock_timeout")
 
     def _scalar(self, sql: str) -> object:
         return self._json(f"SELECT to_json(({sql}))")

@@ -83,6 +83,7 @@ class PostgresDriver(Driver):
             self._connect_kwargs["application_name"] = application_name[:63]
         self.conn = self._connect()
         self.lock_conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self.run_lock_holder: Driver | None = None  # see adopt_run_lock
         self._session_reset = False
         schema = self.fetch("SELECT current_schema()")[0][0]
         if schema is None:
@@ -107,6 +108,13 @@ class PostgresDriver(Driver):
         self.conn.close()
         if self.lock_conn is not None:
             self.lock_conn.close()
+        if self.run_lock_holder is not None:
+            self.run_lock_holder.close()
+            self.run_lock_holder = None
+
+    def adopt_run_lock(self, holder: Driver) -> None:
+        """Use `holder`'s session, which already holds the run lock, as the lock session."""
+        self.run_lock_holder = holder
 
     # -- plumbing -----------------------------------------------------------------------
     def _query(
@@ -151,8 +159,9 @@ class PostgresDriver(Driver):
     # -- lock ---------------------------------------------------------------------------
     def acquire_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:
         deadline = time.monotonic() + timeout
-        self.lock_conn = self._connect()
-        self._lock(self.lock_conn, LOCK_KEY, timeout, on_wait)
+        if self.run_lock_holder is None:
+            self.lock_conn = self._connect()
+            self._lock(self.lock_conn, LOCK_KEY, timeout, on_wait)
         # Free unless a killed run's last statement is still executing on the server.
         self._lock(self.conn, WORK_KEY, max(0.001, deadline - time.monotonic()), on_wait)
 
@@ -203,15 +212,20 @@ class PostgresDriver(Driver):
         )
 
     def release_lock(self) -> None:
-        if self.lock_conn is not None:
+        if self.lock_conn is not None or self.run_lock_holder is not None:
             with contextlib.suppress(Exception):
                 # A transaction with an ID commits synchronously, flushing the WAL up to
                 # here: every commit this run made without waiting is durable from now on.
                 self.execute("SELECT txid_current()")
             with contextlib.suppress(Exception):
                 self.execute("SELECT pg_advisory_unlock_all()")
-            self.lock_conn.close()  # the session's advisory locks go with it
-            self.lock_conn = None
+            # The sessions' advisory locks go with them.
+            if self.lock_conn is not None:
+                self.lock_conn.close()
+                self.lock_conn = None
+            if self.run_lock_holder is not None:
+                self.run_lock_holder.close()
+                self.run_lock_holder = None
 
     # -- tracking tables ----------------------------------------------------------------
     def table_columns(self, table: str) -> set[str] | None:
