@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from whimbrel._fast import builder
 from whimbrel.errors import InvalidMigrationsError
 
 Format = Literal["golang-migrate", "dbmate"]
@@ -76,6 +77,10 @@ class Migration:
             else:
                 parsed[0] = _golang_sections(self, parsed[0])
         return parsed[0]  # type: ignore[return-value]
+
+
+# Migration(version, name, file, folder, format, sha256, set_name, down_file, _parsed)
+_new_migration = builder(Migration)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,13 +198,14 @@ def _scan(folder: Path) -> tuple[list[_File], list[Path], list[str]]:
             raise InvalidMigrationsError(
                 f"cannot read {entry.path}: {exc.strerror or exc}"
             ) from exc
-        if looks_like_migration(entry.name) and not is_file:
+        migration_like = looks_like_migration(entry.name)
+        if migration_like and not is_file:
             raise InvalidMigrationsError(
                 f"{entry.path} is named like a migration but is not a regular file"
             )
         if is_dir:
             folders.append(Path(entry.path))
-        elif is_file and looks_like_migration(entry.name):
+        elif is_file and migration_like:
             files.append(_File(entry.name, entry.path))
         elif is_file and entry.name.lower().endswith(".sql"):
             other_sql.append(entry.name)
@@ -290,11 +296,32 @@ def _parse_version(digits: str, set_name: str, filename: str) -> int:
     return version
 
 
+_SMALL = 1 << 16
+
+
+def _read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A file's bytes through os.open/os.read: a third of the cost of open(), which builds
+    a FileIO and a buffer per file (10,000 files per run), and one read for a small file.
+    A big one is read in one piece of its size, not gathered in chunks and joined."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        data = os.read(fd, _SMALL)
+        if len(data) < _SMALL:
+            return data
+        size = os.fstat(fd).st_size
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, size + 1)
+        while more := os.read(fd, _SMALL):  # it grew meanwhile
+            data += more
+        return data
+    finally:
+        os.close(fd)
+
+
 def read_text(path: str | os.PathLike[str], set_name: str) -> tuple[str, str]:
     """Return (sha256 hex of the exact bytes, text) of a migration file."""
     try:
-        with open(path, "rb") as file:  # cheaper than Path.read_bytes, 10,000 times over
-            data = file.read()
+        data = _read_bytes(path)
     except OSError as exc:
         raise InvalidMigrationsError(
             f"cannot read: {exc.strerror or exc}", set_name=set_name, file=os.path.basename(path)
@@ -351,16 +378,17 @@ def _load_golang(
 ) -> Migration:
     digest, up_text = read_text(up_path.path, set_name)
     _require_sql(up_text, set_name, up_path.name)
-    return Migration(
-        version=version,
-        name=name,
-        file=up_path.name,
-        folder=folder,
-        format="golang-migrate",
-        sha256=digest,
-        set_name=set_name,
-        down_file=down_path.name if down_path else None,
-        _parsed=[up_text],
+    down_file = down_path.name if down_path else None
+    return _new_migration(
+        version,
+        name,
+        up_path.name,
+        folder,
+        "golang-migrate",
+        digest,
+        set_name,
+        down_file,
+        [up_text],
     )
 
 
@@ -397,15 +425,8 @@ def _load_dbmate(set_name: str, folder: Path, version: int, name: str, path: _Fi
     digest, text = read_text(path.path, set_name)
     if not text.strip():
         raise InvalidMigrationsError("file is empty", set_name=set_name, file=path.name)
-    return Migration(
-        version=version,
-        name=name,
-        file=path.name,
-        folder=folder,
-        format="dbmate",
-        sha256=digest,
-        set_name=set_name,
-        _parsed=[text],
+    return _new_migration(
+        version, name, path.name, folder, "dbmate", digest, set_name, None, [text]
     )
 
 
