@@ -119,3 +119,24 @@ def test_dry_run_and_json(db: Database, tmp_path: Path) -> None:
     assert [s["status"] for s in steps] == ["applied"]
     again = run_cli("migrations", "apply", str(tree), "--url", db.url, "--single-transaction")
     assert again.returncode == 0 and "Nothing to apply" in again.stdout, again.stdout
+
+
+def test_mysql_ddl_batches_its_tracking_writes_exactly(mysql_db: Database, tmp_path: Path) -> None:
+    """On MySQL the tracking writes ride on the next DDL's implicit commit; a statement
+    that looks like DDL but does not commit (a TEMPORARY table) must not leave them open."""
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "001_a.up.sql": "CREATE TABLE a (id INT);\nCREATE TABLE b (id INT);",
+            "002_tmp.up.sql": "CREATE TABLE c (id INT);\n"
+            "CREATE OR REPLACE TEMPORARY TABLE scratch (id INT);",
+            "003_d.up.sql": "CREATE TEMPORARY TABLE scratch2 (id INT);\nCREATE TABLE d (id INT);",
+        },
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mysql_db.query(
+        "SELECT version, status, statements_done, error FROM app ORDER BY version"
+    ) == [(1, "applied", 2, None), (2, "applied", 2, None), (3, "applied", 2, None)]
+    durations = mysql_db.query("SELECT duration_ms FROM app")
+    assert all(d[0] is not None and d[0] >= 0 for d in durations)

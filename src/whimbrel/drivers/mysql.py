@@ -45,7 +45,8 @@ _NO_IMPLICIT_COMMIT = re.compile(r"(?:insert|update|delete|replace|select|with)\
 # Statements that commit implicitly (CREATE/ALTER/DROP/RENAME/TRUNCATE; not the TEMPORARY
 # ones): our pending tracking writes can ride on that commit.
 _IMPLICIT_COMMIT = re.compile(
-    r"(?:create|alter|drop|rename|truncate)\b(?!\s+temporary\b)", re.IGNORECASE
+    r"(?:create|alter|drop|rename|truncate)\b(?!(?:\s+or\s+replace)?\s+temporary\b)",
+    re.IGNORECASE,
 )
 # MySQL reports "... near '...' at line N", N counted from the statement's first line.
 _AT_LINE = re.compile(r" at line (\d+)$")
@@ -338,6 +339,10 @@ class MySQLDriver(Driver):
         except KeyboardInterrupt:
             self._kill_running_query(self.conn)
             raise
+        if pending and self.in_transaction():
+            # It did not commit implicitly after all (a TEMPORARY table, say): commit our
+            # writes, and the statement with them, now.
+            self.execute("COMMIT")
         self._pending.append(self._run_sql_params(*self.progress_sql(progress)))
 
     def _run_sql_params(self, sql: str, params: Sequence[object]) -> str:
