@@ -36,7 +36,6 @@ from whimbrel.drivers.base import (
     StatementError,
     client_identity,
 )
-from whimbrel.drivers.postgres import PostgresDriver
 from whimbrel.errors import (
     ConnectionFailed,
     DatabaseError,
@@ -856,6 +855,8 @@ def apply(
     try:
         with session(url, options, "apply", create=not options.dry_run) as driver:
             if run_lock is not None:
+                from whimbrel.drivers.postgres import PostgresDriver
+
                 assert isinstance(driver, PostgresDriver)
                 driver.adopt_run_lock(run_lock)
                 run_lock = None

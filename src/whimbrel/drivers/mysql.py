@@ -97,7 +97,7 @@ class MySQLDriver(Driver):
         import pymysql
 
         try:
-            return pymysql.connect(**self._connect_kwargs)  # type: ignore[call-overload, no-any-return]
+            return _connection_class()(**self._connect_kwargs)  # type: ignore[call-overload, no-any-return]
         except pymysql.MySQLError as exc:
             raise ConnectionFailed(f"cannot connect to {self.url}: {self._describe(exc)}") from None
 
@@ -246,12 +246,13 @@ class MySQLDriver(Driver):
         if not tables:
             return {}
         marks = ", ".join(["%s"] * len(tables))
+        # COLUMNS alone, with constants: MariaDB then opens only these tables (a join with
+        # TABLES opens every table of the database: 60 ms with 1,000 of them). A table
+        # always has a column, so it is there exactly when it has rows here.
         rows = self.fetch(
-            "SELECT t.TABLE_NAME, c.COLUMN_NAME FROM information_schema.TABLES t "
-            "LEFT JOIN information_schema.COLUMNS c ON c.TABLE_SCHEMA = t.TABLE_SCHEMA "
-            "AND c.TABLE_NAME = t.TABLE_NAME "
-            f"WHERE t.TABLE_SCHEMA = DATABASE() AND t.TABLE_NAME IN ({marks})",
-            tuple(tables),
+            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
+            f"WHERE TABLE_SCHEMA = %s AND TABLE_NAME IN ({marks})",
+            (self.url.database, *tables),
         )
         found: dict[str, set[str]] = {}
         for table, column in rows:
@@ -411,6 +412,36 @@ class MySQLDriver(Driver):
         self.conn = self._connect()
         if self.lock_conn is not None:  # we hold the run lock, so this is free at once
             self._lock(self.conn, self.work_lock_name, self._lock_timeout, lambda _: None)
+
+
+_CONNECTION_CLASS: type[Connection] | None = None
+
+
+def _connection_class() -> type[Connection]:
+    """PyMySQL's Connection, minus 26 ms per connection.
+
+    Without TLS options PyMySQL tries TLS if the server offers it, unverified (CERT_NONE),
+    but builds that context with ssl.create_default_context(), which loads the system's CA
+    certificates it will never check. This builds the same unverified context without
+    them. With TLS options (?ssl=true, ?ssl_ca=...) PyMySQL's own context is used.
+    """
+    global _CONNECTION_CLASS
+    if _CONNECTION_CLASS is None:
+        import ssl
+
+        import pymysql
+
+        class _Connection(pymysql.connections.Connection):
+            def _create_ssl_ctx(self, sslp: dict[str, object]) -> ssl.SSLContext:
+                if sslp:
+                    return super()._create_ssl_ctx(sslp)  # type: ignore[misc, no-any-return]
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                return context
+
+        _CONNECTION_CLASS = _Connection
+    return _CONNECTION_CLASS
 
 
 def _lock_name(prefix: str, database: str) -> str:
