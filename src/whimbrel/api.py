@@ -41,10 +41,14 @@ __all__ = [
 
 
 def load_sets(
-    path: str | os.PathLike[str], only: Sequence[str] | None = None
+    path: str | os.PathLike[str], only: Sequence[str] | None = None, *, lazy: bool = False
 ) -> list[MigrationSet]:
-    """Discover the sets under `path`; `only` keeps the named ones (unknown names are an error)."""
-    sets = discover(path)
+    """Discover the sets under `path`; `only` keeps the named ones (unknown names are an error).
+
+    Every file is checked, unless `lazy`: then a file's sections are parsed when first used,
+    which a run does for every migration it will run before it runs any.
+    """
+    sets = discover(path, lazy=lazy)
     if not only:
         return sets
     names = {s.name for s in sets}
@@ -96,6 +100,7 @@ def apply(
     allow_drift: bool = False,
     allow_out_of_order: bool = False,
     resume: bool = False,
+    single_transaction: bool = False,
     lock_timeout: float = 60.0,
     connect_timeout: float = 10.0,
     reporter: Reporter | None = None,
@@ -109,6 +114,8 @@ def apply(
     `path` may be a bundle; `manifest` verifies the files first (before connecting);
     `wait` (True for 60 s, or seconds) waits for the server; `create_db` creates a missing
     database first (not with `dry_run`, which then plans every migration).
+    With `single_transaction`, all of them run in one transaction: all or nothing
+    (PostgreSQL, SQLite; on MySQL only when every migration is plain DML).
     """
     options = RunOptions(
         lock_timeout=lock_timeout,
@@ -116,6 +123,7 @@ def apply(
         allow_drift=allow_drift,
         allow_out_of_order=allow_out_of_order,
         resume=resume,
+        single_transaction=single_transaction,
         dry_run=dry_run,
         hint_path=os.fspath(path),
     )

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from whimbrel import manifests
-from whimbrel.discovery import SAFE_SET_NAME, _scan, looks_like_migration
+from whimbrel.discovery import SAFE_SET_NAME, looks_like_migration, scan_folder
 from whimbrel.errors import InvalidManifestError, UsageError
 
 __all__ = ["MANIFEST_NAME", "BundleInfo", "extracted", "is_bundle", "write"]
@@ -136,7 +136,7 @@ def write(
 def _set_folders(path: str | os.PathLike[str]) -> dict[str, Path]:
     root = Path(path)
     names = manifests.scan_files(root)
-    if _scan(root)[0]:  # PATH is the set itself
+    if scan_folder(root)[0]:  # PATH is the set itself
         return dict.fromkeys(names, root)
     return {name: root / name for name in names}
 

@@ -307,6 +307,13 @@ def _run_options(f: F) -> F:
     is_flag=True,
     help="Apply pending migrations older than the newest applied one.",
 )
+@click.option(
+    "--single-transaction",
+    is_flag=True,
+    help="Apply all pending migrations in one transaction: all or nothing. PostgreSQL and "
+    "SQLite; on MySQL/MariaDB only migrations of plain DML (DDL commits implicitly there), "
+    "else it refuses before running anything.",
+)
 @output_option("text")
 @lock_timeout
 @timeouts
@@ -322,6 +329,7 @@ def apply(
     allow_drift: bool,
     resume: bool,
     allow_out_of_order: bool,
+    single_transaction: bool,
     output: str,
     lock_timeout: float,
     connect_timeout: float,
@@ -349,6 +357,7 @@ def apply(
         allow_drift=allow_drift,
         allow_out_of_order=allow_out_of_order,
         resume=resume,
+        single_transaction=single_transaction,
         lock_timeout=lock_timeout,
         connect_timeout=connect_timeout,
         manifest=manifest,

@@ -14,10 +14,11 @@ import hashlib
 import os
 import re
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, overload
 
 from whimbrel.discovery import Migration, MigrationSet, Section
 from whimbrel.drivers import Driver, connect
@@ -26,7 +27,9 @@ from whimbrel.drivers.base import (
     APPLYING,
     REVERTING,
     TRACKING_COLUMNS,
+    AtomicItem,
     DeleteRow,
+    FastPathUnavailable,
     InsertRow,
     Progress,
     RowValues,
@@ -47,6 +50,7 @@ from whimbrel.plan import MigrationState, SetState, compare
 from whimbrel.urls import DatabaseURL, Dialect, redact
 
 if TYPE_CHECKING:
+    from whimbrel.drivers.libpq import LibpqReader
     from whimbrel.sqlsplit import Statement
 
 Direction = Literal["up", "down"]
@@ -60,6 +64,8 @@ class RunOptions:
     allow_out_of_order: bool = False
     resume: bool = False
     dry_run: bool = False
+    # apply: every pending migration of the run in one transaction, all or nothing.
+    single_transaction: bool = False
     # How to spell the command in recovery hints, e.g. "whimbrel migrations apply db/ --url URL".
     hint_path: str = "PATH"
 
@@ -94,7 +100,7 @@ class Step:
     migration: Migration | None
     resume_from: int = 0
     resuming: bool = False  # continues a dirty row instead of starting a new one
-    statements: tuple[Statement, ...] = ()
+    statements: Sequence[Statement] = ()
     atomic: bool = True
     own_transactions: bool = False  # the file says BEGIN/COMMIT itself: run it as written
     control: frozenset[int] = frozenset()  # indexes of its transaction-control statements
@@ -161,10 +167,33 @@ def locked(driver: Driver, options: RunOptions, reporter: Reporter) -> Iterator[
 
 
 def read_states(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
+    """Every set's state in two round trips, whatever the number of sets: one for which
+    tracking tables exist (and their columns), one for all their rows."""
+    tables = [s.table for s in sets]
+    with _context("reading the tracking tables"):
+        columns = driver.tables_columns(tables)
+    for migration_set in sets:
+        found = columns.get(migration_set.table)
+        if found is not None and found != set(TRACKING_COLUMNS):
+            raise RefusedError(
+                f"set {migration_set.name!r}: the table {migration_set.table!r} exists but is "
+                "not a whimbrel tracking table"
+                + (f" (its columns: {', '.join(sorted(found))})" if found else "")
+                + "; whimbrel will not touch it. Rename the set's folder or that table."
+            )
+    with _context("reading the tracking tables"):
+        rows = driver.read_rows_many([t for t in tables if t in columns])
+    secrets = driver.url.secrets()
     states = []
     for migration_set in sets:
-        with _context(f"set {migration_set.name!r}: reading its tracking table"):
-            states.append(_read_state(driver, migration_set))
+        if migration_set.table not in columns:
+            states.append(compare(migration_set, None))
+            continue
+        recorded = [
+            replace(row, error=redact(row.error, secrets)) if row.error else row
+            for row in rows[migration_set.table]
+        ]
+        states.append(compare(migration_set, recorded))
     return states
 
 
@@ -174,25 +203,6 @@ def _context(what: str) -> Iterator[None]:
         yield
     except DatabaseError as exc:
         raise DatabaseError(f"{what}: {exc.message}") from None
-
-
-def _read_state(driver: Driver, migration_set: MigrationSet) -> SetState:
-    columns = driver.table_columns(migration_set.table)
-    if columns is None:
-        return compare(migration_set, None)
-    if columns != set(TRACKING_COLUMNS):
-        raise RefusedError(
-            f"set {migration_set.name!r}: the table {migration_set.table!r} exists but is "
-            "not a whimbrel tracking table"
-            + (f" (its columns: {', '.join(sorted(columns))})" if columns else "")
-            + "; whimbrel will not touch it. Rename the set's folder or that table."
-        )
-    secrets = driver.url.secrets()
-    rows = [
-        replace(row, error=redact(row.error, secrets)) if row.error else row
-        for row in driver.read_rows(migration_set.table)
-    ]
-    return compare(migration_set, rows)
 
 
 def _statements_hash(statements: Sequence[Statement]) -> str:
@@ -300,13 +310,100 @@ _SESSION_STATEMENT = re.compile(
 )
 
 
+class StatementList(Sequence["Statement"]):
+    """A section's statements as offsets into its SQL, each text sliced when asked for: a
+    50 MB migration is held once (its SQL), not twice (plus every statement's text)."""
+
+    __slots__ = ("_bounds", "_sql")
+
+    def __init__(self, sql: str) -> None:
+        self._sql = sql
+        self._bounds = array("q")  # start, end, line of each statement
+
+    def append(self, statement: Statement) -> None:
+        self._bounds.extend((statement.start, statement.end, statement.line))
+
+    def __len__(self) -> int:
+        return len(self._bounds) // 3
+
+    @overload
+    def __getitem__(self, index: int) -> Statement: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Statement]: ...
+
+    def __getitem__(self, index: int | slice) -> Statement | Sequence[Statement]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        from whimbrel.sqlsplit import Statement
+
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        start, end, line = self._bounds[3 * index : 3 * index + 3]
+        return Statement(self._sql[start:end], line, start, end)
+
+    def __iter__(self) -> Iterator[Statement]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def pieces(self, limit: int) -> list[tuple[int, int, int]]:
+        """Consecutive statements grouped into slices of the SQL of about `limit`
+        characters: (start, end, index of the first statement) each."""
+        result = []
+        bounds = self._bounds
+        first = 0
+        for index in range(len(self)):
+            start = bounds[3 * first]
+            end = bounds[3 * index + 1]
+            if end - start >= limit or index == len(self) - 1:
+                result.append((start, end, first))
+                first = index + 1
+        return result
+
+
 def prepare(step: Step, dialect: Dialect, atomic_possible: Callable[[Sequence[str]], bool]) -> Step:
-    """Split and check a step's SQL for this database, before anything runs."""
-    from whimbrel.sqlsplit import SplitError, is_transaction_control, split_statements
+    """Split and check a step's SQL for this database, before anything runs.
+
+    Statements are checked one at a time as the splitter finds them, and only their
+    offsets are kept (`StatementList`).
+    """
+    from whimbrel.sqlsplit import SplitError, is_transaction_control, iter_statements
 
     section = step.section
+    statements = StatementList(section.sql)
+    control = set()
+    atomic = section.transaction
+    changes_session = False
+    refusal = _UNSUPPORTED.get(dialect)
     try:
-        statements = split_statements(section.sql, dialect, line_offset=section.line_offset)
+        for index, statement in enumerate(
+            iter_statements(section.sql, dialect, line_offset=section.line_offset)
+        ):
+            text = statement.text
+            created = _CREATES_RELATION.match(text)
+            if created and created["name"].strip('`"[]').lower() == step.set_name:
+                raise InvalidMigrationsError(
+                    f"creates a table or view named {step.set_name!r}, which is the name of "
+                    "the set's own tracking table (a set's tracking table is named after its "
+                    "folder). Rename the set's folder",
+                    set_name=step.set_name,
+                    file=section.file,
+                    line=statement.line,
+                )
+            if refusal and refusal[0].match(text):
+                raise InvalidMigrationsError(
+                    refusal[1], set_name=step.set_name, file=section.file, line=statement.line
+                )
+            if is_transaction_control(statement, dialect):
+                control.add(index)
+            # `atomic_possible` holds for a list when it holds for each statement of it.
+            atomic = atomic and atomic_possible([text])
+            changes_session = changes_session or bool(
+                _SESSION_STATEMENT.match(text) or "set_config" in text.lower()
+            )
+            statements.append(statement)
     except SplitError as exc:
         raise InvalidMigrationsError(
             exc.message, set_name=step.set_name, file=section.file, line=exc.line
@@ -315,38 +412,13 @@ def prepare(step: Step, dialect: Dialect, atomic_possible: Callable[[Sequence[st
         raise InvalidMigrationsError(
             "has no SQL statements (only comments)", set_name=step.set_name, file=section.file
         )
-    for statement in statements:
-        created = _CREATES_RELATION.match(statement.text)
-        if created and created["name"].strip('`"[]').lower() == step.set_name:
-            raise InvalidMigrationsError(
-                f"creates a table or view named {step.set_name!r}, which is the name of the "
-                "set's own tracking table (a set's tracking table is named after its folder). "
-                "Rename the set's folder",
-                set_name=step.set_name,
-                file=section.file,
-                line=statement.line,
-            )
-        refusal = _UNSUPPORTED.get(dialect)
-        if refusal and refusal[0].match(statement.text):
-            raise InvalidMigrationsError(
-                refusal[1], set_name=step.set_name, file=section.file, line=statement.line
-            )
-    control = frozenset(i for i, s in enumerate(statements) if is_transaction_control(s, dialect))
     own_transactions = bool(control)
-    atomic = (
-        section.transaction
-        and not own_transactions
-        and atomic_possible([s.text for s in statements])
-    )
-    changes_session = any(
-        _SESSION_STATEMENT.match(s.text) or "set_config" in s.text.lower() for s in statements
-    )
     return replace(
         step,
-        statements=tuple(statements),
-        atomic=atomic,
+        statements=statements,
+        atomic=atomic and not own_transactions,
         own_transactions=own_transactions,
-        control=control,
+        control=frozenset(control),
         changes_session=changes_session,
     )
 
@@ -483,7 +555,10 @@ def execute_step(driver: Driver, step: Step) -> StepOutcome:
     except BaseException:
         _reset_quietly(driver, step)
         raise
-    duration_ms = (time.perf_counter() - started) * 1000
+    return _outcome(step, (time.perf_counter() - started) * 1000)
+
+
+def _outcome(step: Step, duration_ms: float) -> StepOutcome:
     return StepOutcome(
         set_name=step.set_name,
         version=step.version,
@@ -529,7 +604,7 @@ def _while(step: Step) -> str:
     return f"while running {step.file} of set {step.set_name!r}: {outcome}"
 
 
-def _run_atomic(driver: Driver, step: Step) -> None:
+def _atomic_item(driver: Driver, step: Step) -> AtomicItem:
     writes: list[InsertRow | DeleteRow]
     if step.direction == "up":
         assert step.migration is not None
@@ -538,10 +613,27 @@ def _run_atomic(driver: Driver, step: Step) -> None:
         writes = [InsertRow(step.table, row)]
     else:
         writes = [DeleteRow(step.table, step.version)]
-    # PostgreSQL sends the section whole; the others need it split.
-    texts = None if driver.dialect == "postgres" else [s.text for s in step.statements]
+    # PostgreSQL sends the section whole (a big one in pieces); the others statement by
+    # statement, each text sliced only when it is sent.
+    statements = step.statements
+    if driver.dialect == "postgres":
+        pieces = None
+        if len(step.section.sql) > _PIECE_CHARS and isinstance(statements, StatementList):
+            pieces = statements.pieces(_PIECE_CHARS)
+        return AtomicItem(step.section.sql, None, len(statements), writes, pieces)
+    texts = (s.text for s in statements)
+    return AtomicItem(step.section.sql, texts, len(statements), writes)
+
+
+# A bigger section goes to PostgreSQL in pieces of about this size, inside its transaction,
+# so the query string, its encoding and libpq's copy stay small.
+_PIECE_CHARS = 4 << 20
+
+
+def _run_atomic(driver: Driver, step: Step) -> None:
+    item = _atomic_item(driver, step)
     try:
-        driver.run_atomic(step.section.sql, texts, writes)
+        driver.run_atomic(item.sql, item.statements, item.writes, item.pieces)
     except StatementError as exc:
         raise _failure(step, exc, rolled_back=True) from None
 
@@ -561,12 +653,21 @@ def _run_stepwise(driver: Driver, step: Step) -> None:
             step.table, step.version, status=REVERTING, reset_progress=not step.resuming
         )
     done_hash = hashlib.sha256()
-    for statement in statements[:start]:
-        _feed(done_hash, statement)
+    for index in range(start):
+        _feed(done_hash, statements[index])
+    finished = False  # the last statement's progress marked the row applied
     for index in range(start, len(statements)):
         statement = statements[index]
         _feed(done_hash, statement)
-        progress = Progress(step.table, step.version, index + 1, done_hash.hexdigest())
+        last = step.direction == "up" and index == len(statements) - 1
+        assert step.migration is not None or not last
+        progress = Progress(
+            step.table,
+            step.version,
+            index + 1,
+            done_hash.hexdigest(),
+            finished_sha256=step.migration.sha256 if last and step.migration else None,
+        )
         # Each statement commits together with its progress, unless it is transaction
         # control, runs inside a transaction the file opened, or refuses transactions.
         wrap = (
@@ -579,6 +680,7 @@ def _run_stepwise(driver: Driver, step: Step) -> None:
         except StatementError as exc:
             exc.index = index
             raise _stepwise_failure(driver, step, exc) from None
+        finished = last
     if driver.in_transaction():
         raise _stepwise_failure(
             driver,
@@ -591,7 +693,9 @@ def _run_stepwise(driver: Driver, step: Step) -> None:
     # Our final write runs as ourselves, outside whatever SET ROLE the migration made.
     driver.after_migration(step.changes_session)
     duration_ms = (time.perf_counter() - started) * 1000
-    if step.direction == "up":
+    if finished:
+        pass  # the last statement's progress marked the row applied
+    elif step.direction == "up":
         assert step.migration is not None
         driver.set_status(
             step.table,
@@ -632,11 +736,51 @@ def _sqlite_missing(url: DatabaseURL) -> bool:
 
 def inspect(sets: Sequence[MigrationSet], url: DatabaseURL, options: RunOptions) -> list[SetState]:
     """Read the state of every set; a pending file that apply would reject is an error too."""
+    reader = _fast_reader(url, options, "inspect")
+    if reader is not None:
+        try:
+            return _inspect(reader, sets)
+        except FastPathUnavailable:
+            pass  # the full driver reads again, and reports any error as it always has
+        finally:
+            reader.close()
     with session(url, options, "inspect") as driver:
-        states = read_states(driver, sets)
-        for step, _ in _up_steps(states, RunOptions()):
-            prepare(step, driver.dialect, driver.can_run_atomically)
-        return states
+        return _inspect(driver, sets)
+
+
+def _inspect(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
+    states = read_states(driver, sets)
+    for step, _ in _up_steps(states, RunOptions()):
+        prepare(step, driver.dialect, driver.can_run_atomically)
+    return states
+
+
+def _fast_reader(url: DatabaseURL, options: RunOptions, command: str) -> LibpqReader | None:
+    """On PostgreSQL, a read-only session that does not import psycopg (drivers.libpq)."""
+    if url.dialect != "postgres":
+        return None
+    from whimbrel.drivers.libpq import open_reader
+
+    return open_reader(
+        url,
+        connect_timeout=options.connect_timeout,
+        application_name=application_name(command),
+    )
+
+
+def _nothing_to_apply(driver: Driver, sets: Sequence[MigrationSet]) -> bool:
+    """Whether every migration is applied, read without the lock.
+
+    A row says `applied` only once its migration has committed, so when every file has
+    one, there is nothing for this run to do, whatever other runs are doing: a no-op
+    apply needs no lock (and, on PostgreSQL, no psycopg). Anything else (pending, dirty,
+    drift) goes the locked way, which re-reads under the lock.
+    """
+    try:
+        with driver.without_waiting():
+            return all(state.up_to_date for state in read_states(driver, sets))
+    except FastPathUnavailable:
+        return False
 
 
 def _up_steps(states: Sequence[SetState], options: RunOptions) -> list[tuple[Step, MigrationState]]:
@@ -661,6 +805,9 @@ def _up_steps(states: Sequence[SetState], options: RunOptions) -> list[tuple[Ste
 
 
 def _step(set_name: str, direction: Direction, migration: Migration, section: Section) -> Step:
+    # Discovery parses sections lazily: check the whole file (its down section is recorded
+    # with it) now, before anything runs.
+    migration.down  # noqa: B018
     return Step(
         set_name=set_name,
         direction=direction,
@@ -687,13 +834,61 @@ def apply(
         if options.dry_run:
             result.steps = [_planned(step) for step in steps]
             return result
-    with (
-        session(url, options, "apply", create=not options.dry_run) as driver,
-        _maybe_locked(driver, options, reporter),
-    ):
+    run_lock: LibpqReader | None = None  # a libpq session holding the run lock already
+    if not options.dry_run:
+        reader = _fast_reader(url, options, "apply")
+        if reader is not None:
+            try:
+                if _nothing_to_apply(reader, sets):
+                    return result
+                # Wait for the lock here, psycopg-free: the run ahead of this one may do
+                # all of its work. Then hand the lock on to the full driver.
+                started = time.monotonic()
+                reader.acquire_run_lock(options.lock_timeout, reporter.lock_waiting)
+                if _nothing_to_apply(reader, sets):
+                    return result
+                left = max(0.0, options.lock_timeout - (time.monotonic() - started))
+                options = replace(options, lock_timeout=left)
+                run_lock = reader
+            except FastPathUnavailable:
+                pass
+            finally:
+                if run_lock is None:
+                    reader.close()  # frees the lock if it holds it
+    try:
+        with session(url, options, "apply", create=not options.dry_run) as driver:
+            if run_lock is not None:
+                from whimbrel.drivers.postgres import PostgresDriver
+
+                assert isinstance(driver, PostgresDriver)
+                driver.adopt_run_lock(run_lock)
+                run_lock = None
+            # Elsewhere the same check runs in the main session (the lock is cheap there).
+            if (
+                not options.dry_run
+                and url.dialect != "postgres"
+                and _nothing_to_apply(driver, sets)
+            ):
+                return result
+            return _apply_locked(driver, sets, options, reporter, result)
+    finally:
+        if run_lock is not None:  # the full session never started
+            run_lock.close()
+
+
+def _apply_locked(
+    driver: Driver,
+    sets: Sequence[MigrationSet],
+    options: RunOptions,
+    reporter: Reporter,
+    result: RunResult,
+) -> RunResult:
+    with _maybe_locked(driver, options, reporter):
         states = read_states(driver, sets)
         check_safe(states, options, "apply")
         planned = _prepare_all(driver, _up_steps(states, options))
+        if options.single_transaction:
+            _check_single_transaction(driver, planned)
         if options.dry_run:
             result.steps = [_planned(s) for s in planned]
             return result
@@ -704,11 +899,130 @@ def apply(
                     driver.create_table(state.set.table)
                 created.append(state.set.table)
         try:
-            _execute_all(driver, planned, result, reporter)
+            if options.single_transaction:
+                _execute_in_one_transaction(driver, planned, result, reporter)
+            else:
+                _execute_all(driver, planned, result, reporter)
         except BaseException:
             _drop_if_empty(driver, created)
             raise
     return result
+
+
+def _check_single_transaction(driver: Driver, planned: Sequence[Step]) -> None:
+    """--single-transaction: refuse up front unless every migration can join one transaction."""
+    problems = []
+    for step in planned:
+        why = None
+        if step.resuming:
+            why = "it is dirty and can only be resumed statement by statement"
+        elif not step.section.transaction:
+            why = "it is marked transaction:false"
+        elif step.own_transactions:
+            why = "it manages its own transactions (BEGIN/COMMIT)"
+        elif not step.atomic:
+            why = "it has DDL or other statements that commit implicitly on MySQL/MariaDB"
+        elif step.changes_session and driver.dialect != "postgres":
+            # Resetting the session means a new connection here, which would end the run's
+            # transaction.
+            why = "it changes the session (SET, USE, PRAGMA, ATTACH, CALL)"
+        if why:
+            problems.append(f"set {step.set_name!r}: {step.file}: {why}")
+    if problems:
+        raise RefusedError(
+            "refusing to apply with --single-transaction; nothing was changed: these "
+            "migrations cannot run inside one transaction:\n  "
+            + "\n  ".join(problems)
+            + "\nApply without --single-transaction (each migration then gets a transaction "
+            "of its own where the database allows it)."
+        )
+
+
+def _execute_in_one_transaction(
+    driver: Driver, planned: Sequence[Step], result: RunResult, reporter: Reporter
+) -> None:
+    """--single-transaction: every step inside one transaction, committed at the end.
+
+    Steps are reported only once the transaction has committed: until then nothing of the
+    run is applied.
+    """
+    outcomes: list[tuple[Step, StepOutcome]] = []
+    if not planned:
+        return
+    step = planned[0]
+    try:
+        driver.execute(driver.begin_sql)
+        for batch in _batches(planned):
+            step = batch[0]
+            started = time.perf_counter()
+            try:
+                driver.run_many_in_transaction([_atomic_item(driver, s) for s in batch])
+            except StatementError as exc:
+                step = batch[exc.item]
+                outcomes += [(s, _outcome(s, 0.0)) for s in batch[: exc.item]]
+                raise _failure(step, exc, rolled_back=True) from None
+            # Several migrations shared a round trip: each gets its share of the time.
+            share = (time.perf_counter() - started) * 1000 / len(batch)
+            outcomes += [(s, _outcome(s, share)) for s in batch]
+            step = batch[-1]
+        driver.execute("COMMIT")
+    except MigrationFailed as exc:
+        _rollback_quietly(driver)
+        exc.message += (
+            "\n--single-transaction: the whole run was rolled back; no migration of this run "
+            f"was applied ({len(outcomes)} ran before this one)."
+        )
+        exc.partial = result
+        raise
+    except ConnectionFailed as exc:
+        raise ConnectionFailed(
+            f"{exc.message}\nwhile running {step.file} of set {step.set_name!r} in "
+            "--single-transaction mode: the database rolls the run back unless the connection "
+            "broke during COMMIT; `whimbrel migrations inspect` shows where it stands"
+        ) from None
+    except DatabaseError as exc:
+        _rollback_quietly(driver)
+        raise DatabaseError(
+            f"recording {step.file} in the tracking table {step.table!r}: {exc.message}\n"
+            "--single-transaction: the whole run was rolled back."
+        ) from None
+    except KeyboardInterrupt:
+        _rollback_quietly(driver)
+        raise Interrupted(
+            f"interrupted while applying {step.file} of set {step.set_name!r} with "
+            "--single-transaction: the whole run was rolled back, so no migration of it was "
+            "applied."
+        ) from None
+    except BaseException:
+        _rollback_quietly(driver)
+        raise
+    for step, outcome in outcomes:
+        reporter.step_started(step)
+        result.steps.append(outcome)
+        reporter.step_finished(step, outcome)
+
+
+# --single-transaction sends migrations in batches of about this much SQL (PostgreSQL sends
+# a batch in one round trip): few round trips, and a bounded query string.
+_BATCH_CHARS = 1 << 20
+
+
+def _batches(planned: Sequence[Step]) -> Iterator[list[Step]]:
+    batch: list[Step] = []
+    size = 0
+    for step in planned:
+        if batch and size + len(step.section.sql) > _BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+        batch.append(step)
+        size += len(step.section.sql)
+    if batch:
+        yield batch
+
+
+def _rollback_quietly(driver: Driver) -> None:
+    with contextlib.suppress(Exception):
+        driver.rollback()
 
 
 def _drop_if_empty(driver: Driver, tables: Sequence[str]) -> None:
@@ -747,6 +1061,8 @@ def _execute_all(
             outcome = execute_step(driver, step)
             result.steps.append(outcome)
             reporter.step_finished(step, outcome)
+        with _context("recording the last migration in its tracking table"):
+            driver.flush_tracking()
     except WhimbrelError as exc:
         exc.partial = result
         raise

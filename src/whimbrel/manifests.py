@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from whimbrel.discovery import _scan, looks_like_migration
+from whimbrel.discovery import looks_like_migration, scan_folder
 from whimbrel.errors import InvalidManifestError, InvalidMigrationsError, ManifestMismatch
 
 __all__ = [
@@ -146,13 +146,13 @@ def scan_files(path: str | os.PathLike[str]) -> dict[str, list[tuple[str, str]]]
         raise InvalidMigrationsError(f"migrations path {root} does not exist")
     if not root.is_dir():
         raise InvalidMigrationsError(f"migrations path {root} is not a folder")
-    own, subfolders, _ = _scan(root)
+    own, subfolders, _ = scan_folder(root)
     if own:
         folders = {Path(os.path.abspath(root)).name: own}
     else:
         folders = {}
         for folder in sorted(subfolders, key=lambda p: p.name):
-            files = _scan(folder)[0]
+            files = scan_folder(folder)[0]
             if files:
                 folders[folder.name] = files
     result: dict[str, list[tuple[str, str]]] = {}
@@ -160,7 +160,7 @@ def scan_files(path: str | os.PathLike[str]) -> dict[str, list[tuple[str, str]]]
         listed = []
         for file in sorted(files, key=lambda p: _order(p.name)):
             try:
-                digest = hashlib.sha256(file.read_bytes()).hexdigest()
+                digest = hashlib.sha256(Path(file.path).read_bytes()).hexdigest()
             except OSError as exc:
                 raise InvalidMigrationsError(
                     f"cannot read: {exc.strerror or exc}", set_name=name, file=file.name

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from whimbrel._fast import builder
 from whimbrel.discovery import Migration, MigrationSet
 from whimbrel.drivers.base import TrackingRow
 
@@ -76,6 +77,9 @@ class SetState:
         return all(m.status == "applied" for m in self.migrations)
 
 
+_new_state = builder(MigrationState)  # MigrationState(version, status, migration, row)
+
+
 def compare(migration_set: MigrationSet, rows: list[TrackingRow] | None) -> SetState:
     """`rows` is None when the set's tracking table does not exist yet."""
     files = migration_set.by_version()
@@ -95,5 +99,5 @@ def compare(migration_set: MigrationSet, rows: list[TrackingRow] | None) -> SetS
             status = "modified"
         else:
             status = "applied"
-        states.append(MigrationState(version=version, status=status, migration=migration, row=row))
+        states.append(_new_state(version, status, migration, row))
     return SetState(set=migration_set, table_exists=rows is not None, migrations=tuple(states))

@@ -96,7 +96,7 @@ def open_sets(
             verified.append(
                 verify_manifest(root, manifest, store=manifest_store, sets=sets, dialect=dialect)
             )
-        loaded = load_sets(root, sets)
+        loaded = load_sets(root, sets, lazy=True)  # the run checks what it will run
         _unchanged_since_verified(loaded, verified)
         if bundle_path is not None:
             # Reports name where the sets come from, not the temporary folder they are in.

@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any, Literal, get_args
@@ -46,6 +46,7 @@ __all__ = [
     "SplitError",
     "Statement",
     "is_transaction_control",
+    "iter_statements",
     "line_at",
     "split_statements",
     "statement_index_at",
@@ -565,12 +566,18 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
     misplaced mysql ``DELIMITER`` line.
     """
     _check_dialect(dialect)
+    return list(iter_statements(sql, dialect, line_offset=line_offset))
+
+
+def iter_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> Iterator[Statement]:
+    """:func:`split_statements` one statement at a time, so that a caller that keeps only
+    what it needs of each (its offsets, say) never holds every statement's text at once.
+    A :class:`SplitError` comes when the scan reaches it."""
+    _check_dialect(dialect)
     spec = _SPECS[dialect]
     pg = dialect == "postgres"
     mysql = dialect == "mysql"
     n = len(sql)
-    out: list[Statement] = []
-    append = out.append
     new, set_text, set_line, set_start, set_end = _STATEMENT_BUILDERS
     nonws = _NONWS.search
     head = spec.head.match
@@ -685,7 +692,7 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
             set_line(st, line_no)
             set_start(st, stmt_start)
             set_end(st, stmt_start + len(text))
-            append(st)
+            yield st
             stmt_start = -1
             continue
 
@@ -834,8 +841,7 @@ def split_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> lis
     if stmt_start >= 0:
         text = sql[stmt_start:].rstrip()
         line_no += sql.count("\n", line_pos, stmt_start)
-        append(Statement(text, line_no, stmt_start, stmt_start + len(text)))
-    return out
+        yield Statement(text, line_no, stmt_start, stmt_start + len(text))
 
 
 def _start_of(statement: Statement) -> int:

@@ -13,11 +13,12 @@ import os
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import ClassVar, NamedTuple
 
+from whimbrel._fast import builder
 from whimbrel.errors import DatabaseError
 from whimbrel.urls import DatabaseURL, Dialect
 
@@ -42,6 +43,9 @@ APPLYING = "applying"  # started, not known to have finished: dirty
 REVERTING = "reverting"  # revert started, not known to have finished: dirty
 
 LockWaitCallback = Callable[[str | None], None]
+
+# SQLite allows 500 SELECTs in one compound query.
+_TABLES_PER_QUERY = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +108,19 @@ def with_duration(writes: Sequence[TrackingWrite], seconds: float) -> list[Track
     ]
 
 
+class FastPathUnavailable(Exception):
+    """A read-only shortcut (drivers.libpq) cannot answer; the caller uses the full driver."""
+
+
 class Progress(NamedTuple):
     table: str
     version: int
     statements_done: int
     statements_sha256: str
+    # On an up migration's last statement: the file's sha256. The same write then marks the
+    # row applied (its duration counted on the server from applied_at, set when it
+    # started), so finishing a migration costs no write, round trip or commit of its own.
+    finished_sha256: str | None = None
 
 
 class StatementError(Exception):
@@ -134,6 +146,19 @@ class StatementError(Exception):
         self.position = position
         self.sqlstate = sqlstate
         self.relative_to_statement = relative_to_statement
+        self.item = 0  # of run_many_in_transaction: which migration failed
+
+
+class AtomicItem(NamedTuple):
+    """One migration for `run_atomic` and `run_many_in_transaction`."""
+
+    sql: str
+    statements: Iterable[str] | None  # None where the driver sends `sql` whole
+    statement_count: int
+    writes: Sequence[TrackingWrite]
+    # Where a driver that sends `sql` whole should cut it instead, for a big section:
+    # (start, end, index of the first statement) of consecutive slices of whole statements.
+    pieces: Sequence[tuple[int, int, int]] | None = None
 
 
 def client_identity() -> str:
@@ -143,6 +168,31 @@ def client_identity() -> str:
     except Exception:  # no user name in some containers
         user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
     return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def tracking_row(
+    r: Sequence[object], to_datetime: Callable[[object], datetime | None]
+) -> TrackingRow:
+    """A TrackingRow from (table, version, name, ..., applied_by) as read_rows_many selects."""
+    return _new_row(
+        int(r[1]),  # type: ignore[call-overload]
+        str(r[2]),
+        str(r[3]),
+        str(r[4]).strip(),
+        str(r[5]),
+        int(r[6]),  # type: ignore[call-overload]
+        str(r[7]).strip() if r[7] is not None else None,
+        str(r[8]) if r[8] is not None else None,
+        bool(r[9]),
+        to_datetime(r[10]),
+        float(r[11]) if r[11] is not None else None,  # type: ignore[arg-type]
+        str(r[12]) if r[12] is not None else None,
+    )
+
+
+# TrackingRow(version, name, file, sha256, status, statements_done, statements_sha256,
+# error, has_down_sql, applied_at, duration_ms, applied_by), 10,000 times over.
+_new_row = builder(TrackingRow)
 
 
 class Driver(ABC):
@@ -156,6 +206,12 @@ class Driver(ABC):
     # -- connection -------------------------------------------------------------------
     @abstractmethod
     def close(self) -> None: ...
+
+    @contextlib.contextmanager
+    def without_waiting(self) -> Iterator[None]:
+        """Reads in here raise FastPathUnavailable rather than wait for another session's
+        locks: for peeks that have a locked way to fall back on."""
+        yield
 
     # -- the run lock -----------------------------------------------------------------
     @abstractmethod
@@ -194,29 +250,35 @@ class Driver(ABC):
     def placeholder(self) -> str:
         return "%s"
 
+    def tables_columns(self, tables: Sequence[str]) -> dict[str, set[str]]:
+        """Column names of each of `tables` that exists, in one query (absent: not there)."""
+        found = {}
+        for table in tables:
+            columns = self.table_columns(table)
+            if columns is not None:
+                found[table] = columns
+        return found
+
     def read_rows(self, table: str) -> list[TrackingRow]:
-        rows = self.fetch(
-            "SELECT version, name, file, sha256, status, statements_done, statements_sha256, "
-            "error, down_sql IS NOT NULL, applied_at, duration_ms, applied_by "
-            f"FROM {self.qualified(table)} ORDER BY version"
-        )
-        return [
-            TrackingRow(
-                version=int(r[0]),  # type: ignore[call-overload]
-                name=str(r[1]),
-                file=str(r[2]),
-                sha256=str(r[3]).strip(),
-                status=str(r[4]),
-                statements_done=int(r[5]),  # type: ignore[call-overload]
-                statements_sha256=str(r[6]).strip() if r[6] is not None else None,
-                error=str(r[7]) if r[7] is not None else None,
-                has_down_sql=bool(r[8]),
-                applied_at=self.to_datetime(r[9]),
-                duration_ms=float(r[10]) if r[10] is not None else None,  # type: ignore[arg-type]
-                applied_by=str(r[11]) if r[11] is not None else None,
-            )
-            for r in rows
-        ]
+        return self.read_rows_many([table])[table]
+
+    def read_rows_many(self, tables: Sequence[str]) -> dict[str, list[TrackingRow]]:
+        """The rows of every table, by version: one query (UNION ALL) per 200 tables, so
+        reading 100 sets costs one round trip, not 100."""
+        result: dict[str, list[TrackingRow]] = {table: [] for table in tables}
+        for start in range(0, len(tables), _TABLES_PER_QUERY):
+            chunk = tables[start : start + _TABLES_PER_QUERY]
+            selects = [
+                f"SELECT {self.placeholder} AS set_table, version, name, file, sha256, status, "
+                "statements_done, statements_sha256, error, down_sql IS NOT NULL, applied_at, "
+                f"duration_ms, applied_by FROM {self.qualified(table)}"
+                for table in chunk
+            ]
+            rows = self.fetch(" UNION ALL ".join(selects) + " ORDER BY 1, 2", chunk)
+            to_datetime = self.to_datetime
+            for r in rows:
+                result[str(r[0])].append(tracking_row(r, to_datetime))
+        return result
 
     def read_down_sql(self, table: str, version: int) -> str | None:
         rows = self.fetch(
@@ -261,15 +323,29 @@ class Driver(ABC):
                 (write.version,),
             )
 
-    def update_progress(
-        self, table: str, version: int, statements_done: int, statements_sha256: str
-    ) -> None:
+    def elapsed_ms_sql(self) -> str:
+        """SQL for the milliseconds since the row's applied_at."""
+        return "(julianday('now') - julianday(applied_at)) * 86400000.0"
+
+    def progress_sql(self, progress: Progress) -> tuple[str, tuple[object, ...]]:
         p = self.placeholder
-        self.execute(
-            f"UPDATE {self.qualified(table)} SET statements_done = {p}, statements_sha256 = {p} "
-            f"WHERE version = {p}",
-            (statements_done, statements_sha256, version),
+        sets = f"statements_done = {p}, statements_sha256 = {p}"
+        params: list[object] = [progress.statements_done, progress.statements_sha256]
+        if progress.finished_sha256 is not None:
+            # duration first: it reads applied_at before applied_at is set to now.
+            sets += (
+                f", duration_ms = {self.elapsed_ms_sql()}, applied_at = {self.now_sql()}, "
+                f"status = {p}, error = NULL, sha256 = {p}"
+            )
+            params += [APPLIED, progress.finished_sha256]
+        params.append(progress.version)
+        return (
+            f"UPDATE {self.qualified(progress.table)} SET {sets} WHERE version = {p}",
+            tuple(params),
         )
+
+    def update_progress(self, progress: Progress) -> None:
+        self.execute(*self.progress_sql(progress))
 
     def set_status(
         self,
@@ -303,29 +379,58 @@ class Driver(ABC):
     begin_sql: ClassVar[str] = "BEGIN"
 
     def run_atomic(
-        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
+        self,
+        sql: str,
+        statements: Iterable[str] | None,
+        writes: Sequence[TrackingWrite],
+        pieces: Sequence[tuple[int, int, int]] | None = None,
     ) -> None:
         """Run `sql` and the tracking `writes` in one transaction; all or nothing.
 
         `statements` is `sql` split into statements; this default sends them one by one.
         A driver that sends `sql` whole may receive None. Raises StatementError.
         """
-        assert statements is not None
-        started = time.perf_counter()
         self.execute(self.begin_sql)
         try:
-            for index, statement in enumerate(statements):
-                self.run_statement(statement, index)
-            try:
-                for write in with_duration(writes, time.perf_counter() - started):
-                    self.write(write)
-            except DatabaseError as exc:  # e.g. a trigger the migration put on our table
-                raise StatementError(exc.message, index=len(statements)) from None
+            self.run_in_transaction(sql, statements, writes)
             self.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):
                 self.rollback()
             raise
+
+    def run_in_transaction(
+        self, sql: str, statements: Iterable[str] | None, writes: Sequence[TrackingWrite]
+    ) -> None:
+        """Run `sql` and its tracking `writes` inside the transaction already open (one
+        migration of `run_atomic`, or of a --single-transaction run); no COMMIT.
+
+        Raises StatementError; rolling back is the caller's business.
+        """
+        assert statements is not None
+        started = time.perf_counter()
+        count = 0
+        for index, statement in enumerate(statements):
+            self.run_statement(statement, index)
+            count = index + 1
+        try:
+            for write in with_duration(writes, time.perf_counter() - started):
+                self.write(write)
+        except DatabaseError as exc:  # e.g. a trigger the migration put on our table
+            raise StatementError(exc.message, index=count) from None
+
+    def run_many_in_transaction(self, items: Sequence[AtomicItem]) -> None:
+        """Several migrations inside the transaction already open (--single-transaction).
+
+        A StatementError says which one failed in `item`. This default runs them one by
+        one; a driver may send them in fewer round trips.
+        """
+        for number, item in enumerate(items):
+            try:
+                self.run_in_transaction(item.sql, item.statements, item.writes)
+            except StatementError as exc:
+                exc.item = number
+                raise
 
     @abstractmethod
     def run_statement(self, sql: str, index: int = 0) -> None:
@@ -347,12 +452,12 @@ class Driver(ABC):
         """
         if not wrap:
             self.run_statement(sql)
-            self.update_progress(*progress)
+            self.update_progress(progress)
             return
         self.execute(self.begin_sql)
         try:
             self.run_statement(sql)
-            self.update_progress(*progress)
+            self.update_progress(progress)
             self.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):
@@ -369,6 +474,9 @@ class Driver(ABC):
     @abstractmethod
     def reset_session(self) -> None:
         """Undo session settings a migration made (SET, USE, PRAGMA) before the next one."""
+
+    def flush_tracking(self) -> None:  # noqa: B027 - most drivers hold nothing back
+        """Send tracking writes a driver holds back to send with its next statement."""
 
     def after_migration(self, changed_session: bool) -> None:
         """Called after every migration; `changed_session` says it has SET, USE, PRAGMA..."""

@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from whimbrel.drivers.base import (
+    AtomicItem,
     DeleteRow,
     Driver,
     InsertRow,
@@ -41,6 +43,10 @@ if TYPE_CHECKING:
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"whimbrel migrations").digest()[:8], "big", signed=True)
 WORK_KEY = int.from_bytes(hashlib.sha256(b"whimbrel work").digest()[:8], "big", signed=True)
 CLIENT_CHECK_MS = 1000
+
+# Back to the connection's own user and settings (including ?options= of the URL); RESET
+# ALL alone leaves a SET ROLE in force.
+_RESET_SESSION = "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
 
 # Statements PostgreSQL refuses inside a transaction block.
 _NO_TRANSACTION = re.compile(
@@ -87,6 +93,11 @@ class PostgresDriver(Driver):
         )
         check = f", set_config('client_connection_check_interval', '{CLIENT_CHECK_MS}', false)"
         schema = self.fetch("SELECT current_schema()" + (check if watch else ""))[0][0]
+        # The session reset that ends every migration, watch setting included.
+        self._reset_sql = _RESET_SESSION + self._watch_client
+        self._reset_results = self._reset_sql.count(";") + 1  # for counting results
+        self.run_lock_holder: Driver | None = None  # see adopt_run_lock
+        self._session_reset = False
         if schema is None:
             self.conn.close()
             raise RefusedError(
@@ -109,6 +120,13 @@ class PostgresDriver(Driver):
         self.conn.close()
         if self.lock_conn is not None:
             self.lock_conn.close()
+        if self.run_lock_holder is not None:
+            self.run_lock_holder.close()
+            self.run_lock_holder = None
+
+    def adopt_run_lock(self, holder: Driver) -> None:
+        """Use `holder`'s session, which already holds the run lock, as the lock session."""
+        self.run_lock_holder = holder
 
     # -- plumbing -----------------------------------------------------------------------
     def _query(
@@ -153,8 +171,9 @@ class PostgresDriver(Driver):
     # -- lock ---------------------------------------------------------------------------
     def acquire_lock(self, timeout: float, on_wait: LockWaitCallback) -> None:
         deadline = time.monotonic() + timeout
-        self.lock_conn = self._connect()
-        self._lock(self.lock_conn, LOCK_KEY, timeout, on_wait)
+        if self.run_lock_holder is None:
+            self.lock_conn = self._connect()
+            self._lock(self.lock_conn, LOCK_KEY, timeout, on_wait)
         # Free unless a killed run's last statement is still executing on the server.
         self._lock(self.conn, WORK_KEY, max(0.001, deadline - time.monotonic()), on_wait)
 
@@ -197,18 +216,28 @@ class PostgresDriver(Driver):
         )
         if not rows:
             return None
-        pid, app, user, addr, started = rows[0]
-        since = started.strftime("%Y-%m-%d %H:%M:%S %Z") if isinstance(started, datetime) else ""
+        pid, app, user, addr, backend_start = rows[0]
+        started = self.to_datetime(backend_start)
+        since = started.strftime("%Y-%m-%d %H:%M:%S %Z") if started is not None else ""
         return f"server pid {pid} ({app or 'no application name'}, user {user}, from " + (
             f"{addr or 'local socket'}, connected {since})"
         )
 
     def release_lock(self) -> None:
-        if self.lock_conn is not None:
+        if self.lock_conn is not None or self.run_lock_holder is not None:
+            with contextlib.suppress(Exception):
+                # A transaction with an ID commits synchronously, flushing the WAL up to
+                # here: every commit this run made without waiting is durable from now on.
+                self.execute("SELECT txid_current()")
             with contextlib.suppress(Exception):
                 self.execute("SELECT pg_advisory_unlock_all()")
-            self.lock_conn.close()  # the session's advisory locks go with it
-            self.lock_conn = None
+            # The sessions' advisory locks go with them.
+            if self.lock_conn is not None:
+                self.lock_conn.close()
+                self.lock_conn = None
+            if self.run_lock_holder is not None:
+                self.run_lock_holder.close()
+                self.run_lock_holder = None
 
     # -- tracking tables ----------------------------------------------------------------
     def table_columns(self, table: str) -> set[str] | None:
@@ -226,6 +255,22 @@ class PostgresDriver(Driver):
             (self.schema, table),
         )
         return set() if exists else None
+
+    def tables_columns(self, tables: Sequence[str]) -> dict[str, set[str]]:
+        rows = self.fetch(
+            "SELECT c.relname, a.attname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
+            "AND NOT a.attisdropped "
+            "WHERE n.nspname = %s AND c.relname = ANY(%s)",
+            (self.schema, list(tables)),
+        )
+        found: dict[str, set[str]] = {}
+        for table, column in rows:
+            columns = found.setdefault(str(table), set())
+            if column is not None:
+                columns.add(str(column))
+        return found
 
     def create_table(self, table: str) -> None:
         qualified = self.qualified(table)
@@ -250,7 +295,7 @@ class PostgresDriver(Driver):
         )
 
     # -- running migrations -------------------------------------------------------------
-    def _render(self, write: TrackingWrite) -> str:
+    def _render(self, write: TrackingWrite, started: str = "statement_timestamp()") -> str:
         if isinstance(write, DeleteRow):
             return f"DELETE FROM {self.qualified(write.table)} WHERE version = {write.version}"
         assert isinstance(write, InsertRow)
@@ -258,7 +303,7 @@ class PostgresDriver(Driver):
         duration = (
             _literal(row.duration_ms)
             if row.duration_ms is not None
-            else "EXTRACT(EPOCH FROM clock_timestamp() - now()) * 1000"
+            else f"EXTRACT(EPOCH FROM clock_timestamp() - {started}) * 1000"
         )
         values = ", ".join(
             [
@@ -282,18 +327,127 @@ class PostgresDriver(Driver):
             f"applied_by) VALUES ({values})"
         )
 
+    def elapsed_ms_sql(self) -> str:
+        return "EXTRACT(EPOCH FROM clock_timestamp() - applied_at) * 1000"
+
     def _render_progress(self, progress: Progress) -> str:
-        return (
-            f"UPDATE {self.qualified(progress.table)} SET statements_done = "
-            f"{progress.statements_done}, statements_sha256 = "
-            f"{_literal(progress.statements_sha256)} WHERE version = {progress.version}"
-        )
+        sql, params = self.progress_sql(progress)
+        return sql % tuple(_literal(value) for value in params)
 
     def run_atomic(
-        self, sql: str, statements: Sequence[str] | None, writes: Sequence[TrackingWrite]
+        self,
+        sql: str,
+        statements: Iterable[str] | None,
+        writes: Sequence[TrackingWrite],
+        pieces: Sequence[tuple[int, int, int]] | None = None,
     ) -> None:
         tail = "".join(self._render(w) + ";\n" for w in writes)
-        self._run_wrapped(sql, tail)
+        if pieces is not None and len(pieces) > 1:
+            self._send("BEGIN")
+            self._run_pieces(sql, pieces, tail + "COMMIT;\n" + self._reset_sql)
+        else:
+            self._run_wrapped(sql, tail, reset_after=True)
+        self._session_reset = True  # after_migration has nothing left to do
+
+    def run_in_transaction(
+        self, sql: str, statements: Iterable[str] | None, writes: Sequence[TrackingWrite]
+    ) -> None:
+        tail = "".join(self._render(w) + ";\n" for w in writes)
+        self._run_wrapped(sql, tail, own_transaction=False)
+
+    def _run_pieces(self, sql: str, pieces: Sequence[tuple[int, int, int]], tail: str) -> None:
+        """A big section inside the open transaction, one slice of whole statements per
+        round trip, then our tail; only one slice is ever encoded and buffered at a time."""
+        for start, end, first in pieces:
+            results = self._send(sql[start:end] + "\n;\n")
+            if error := self._first_error(results):
+                result_index, result = error
+                self.rollback()
+                position = self._position(result)
+                offset = start + position if position is not None else None
+                if offset is not None and not start <= offset < end:
+                    offset = None
+                raise StatementError(
+                    self._message(result),
+                    index=first + result_index,
+                    position=offset,
+                    sqlstate=self._sqlstate(result),
+                )
+        as_ourselves = (
+            "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
+            "SET LOCAL synchronous_commit = off;\n"
+        )
+        results = self._send(as_ourselves + tail)
+        if error := self._first_error(results):
+            _, result = error
+            self.rollback()
+            # An index past every statement of the file says: our tracking write failed.
+            raise StatementError(
+                self._message(result), index=sys.maxsize, sqlstate=self._sqlstate(result)
+            )
+
+    def run_many_in_transaction(self, items: Sequence[AtomicItem]) -> None:
+        """All the migrations in one round trip, each followed by its tracking rows and a
+        session reset; the count of results before an error (or its position) names the
+        migration and the statement that failed. A big one (alone in its batch) goes in
+        pieces."""
+        pieces = items[0].pieces if len(items) == 1 else None
+        if pieces is not None and len(pieces) > 1:
+            item = items[0]
+            tail = "".join(self._render(w) + ";\n" for w in item.writes)
+            try:
+                self._run_pieces(item.sql, pieces, tail + self._reset_sql)
+            except StatementError as exc:
+                exc.item = 0
+                raise
+            return
+        started_mark = "SELECT set_config('whimbrel.started', clock_timestamp()::text, true);\n"
+        started = "current_setting('whimbrel.started')::timestamptz"
+        as_ourselves = "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
+        parts: list[str] = []
+        offsets: list[int] = []  # where each item's SQL starts in the query
+        result_counts: list[int] = []  # results each item produces, its SQL's first
+        length = 0
+        for item in items:
+            tail = "".join(self._render(w, started) + ";\n" for w in item.writes)
+            parts.append(started_mark)
+            offsets.append(length + len(started_mark))
+            chunk = item.sql + "\n;\n" + as_ourselves + tail + self._reset_sql + ";\n"
+            parts.append(chunk)
+            length += len(started_mark) + len(chunk)
+            result_counts.append(item.statement_count + 2 + len(item.writes) + self._reset_results)
+        results = self._send("".join(parts))
+        del parts
+        error = self._first_error(results)
+        if error is None:
+            return
+        result_index, result = error
+        self.rollback()
+        position = self._position(result)
+        number = None
+        offset = None
+        if position is not None:
+            for candidate, start in enumerate(offsets):
+                if start <= position < start + len(items[candidate].sql):
+                    number, offset = candidate, position - start
+                    break
+        # Without a position inside a file's SQL, count results: one for the started mark,
+        # then the item's.
+        remaining = result_index
+        index = None
+        for candidate, count in enumerate(result_counts):
+            remaining -= 1
+            if remaining < count:
+                if number is None:
+                    number = candidate
+                index = max(remaining, 0) if candidate == number else None
+                break
+            remaining -= count
+        failure = StatementError(
+            self._message(result), index=index, position=offset, sqlstate=self._sqlstate(result)
+        )
+        failure.item = number if number is not None else len(items) - 1
+        raise failure
 
     def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
         if wrap:
@@ -301,17 +455,33 @@ class PostgresDriver(Driver):
             return
         # Alone, so that statements such as CREATE INDEX CONCURRENTLY can run.
         self.run_statement(sql)
-        self.update_progress(*progress)
+        self.update_progress(progress)
 
-    def _run_wrapped(self, sql: str, tail: str) -> None:
+    def _run_wrapped(
+        self, sql: str, tail: str, *, own_transaction: bool = True, reset_after: bool = False
+    ) -> None:
         """`BEGIN; sql; tail COMMIT` in one round trip; the statement count names a failure.
 
         The tail (our tracking writes) runs as the connecting user, whatever role the
-        migration switched to; SET LOCAL ends with the transaction.
+        migration switched to; SET LOCAL ends with the transaction. Without
+        `own_transaction`, the caller opened the transaction and commits it. With
+        `reset_after`, the session reset after a migration travels in the same round trip.
+
+        The commit does not wait for the WAL flush (synchronous_commit off, for this
+        transaction only): one transaction per migration would otherwise cost a disk flush
+        each. A server crash can then lose the last few commits, but only whole ones, newest
+        first, migration and tracking row together: as if the run had stopped earlier.
+        `release_lock` makes everything durable before the lock is freed.
         """
-        prefix = "BEGIN;\n"
-        as_ourselves = "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
-        results = self._send(prefix + sql + "\n;\n" + as_ourselves + tail + "COMMIT")
+        prefix = "BEGIN;\n" if own_transaction else ""
+        as_ourselves = (
+            "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
+            "SET LOCAL synchronous_commit = off;\n"
+        )
+        end = "COMMIT" if own_transaction else ""
+        if reset_after:
+            end += ";\n" + self._reset_sql
+        results = self._send(prefix + sql + "\n;\n" + as_ourselves + tail + end)
         error = self._first_error(results)
         if error is None:
             return
@@ -321,8 +491,10 @@ class PostgresDriver(Driver):
         offset = position - len(prefix) if position is not None else None
         if offset is not None and not 0 <= offset < len(sql):
             offset = None
-        # Results: one for BEGIN, then one per statement of the file, then ours.
-        index = result_index - 1 if result_index >= 1 else None
+        # Results: one for BEGIN (if we sent it), then one per statement of the file, then ours.
+        index: int | None = result_index - 1 if own_transaction else result_index
+        if index is not None and index < 0:
+            index = None
         raise StatementError(
             self._message(result), index=index, position=offset, sqlstate=self._sqlstate(result)
         )
@@ -354,12 +526,13 @@ class PostgresDriver(Driver):
             self.execute("ROLLBACK")
 
     def reset_session(self) -> None:
-        # Back to the connection's own user and settings (including ?options= of the URL);
-        # RESET ALL alone leaves a SET ROLE in force.
-        self.execute("RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL" + self._watch_client)
+        self.execute(self._reset_sql)
 
     def after_migration(self, changed_session: bool) -> None:
         # Cheap enough to do always: catches SETs hidden in DO blocks and functions.
+        if self._session_reset:  # run_atomic sent the reset with the migration
+            self._session_reset = False
+            return
         self.reset_session()
 
     def _send(self, query: str) -> list[PGresult]:

@@ -7,16 +7,18 @@ holding process dies, so a killed run never leaves a stale lock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import ClassVar
 
 from whimbrel.drivers.base import (
     Driver,
+    FastPathUnavailable,
     LockWaitCallback,
     StatementError,
     client_identity,
@@ -66,6 +68,18 @@ class SQLiteDriver(Driver):
     def close(self) -> None:
         self.conn.close()
         self.release_lock()
+
+    @contextlib.contextmanager
+    def without_waiting(self) -> Iterator[None]:
+        # Another run's migration may hold SQLite's lock for long; the run lock is the
+        # place to wait for it, with a message saying who holds it.
+        self.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            yield
+        except DatabaseError as exc:
+            raise FastPathUnavailable(str(exc)) from None
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout * 1000)}")
 
     # -- plumbing -----------------------------------------------------------------------
     @property
@@ -150,6 +164,23 @@ class SQLiteDriver(Driver):
         if not exists:
             return None
         return {str(r[1]) for r in self.fetch(f"PRAGMA main.table_info({self.quote(table)})")}
+
+    def tables_columns(self, tables: Sequence[str]) -> dict[str, set[str]]:
+        if not tables:
+            return {}
+        marks = ", ".join("?" * len(tables))
+        rows = self.fetch(
+            "SELECT m.name, p.name FROM sqlite_master m "
+            "LEFT JOIN pragma_table_info(m.name, 'main') p "
+            f"WHERE m.type IN ('table', 'view') AND m.name IN ({marks})",
+            tuple(tables),
+        )
+        found: dict[str, set[str]] = {}
+        for table, column in rows:
+            columns = found.setdefault(str(table), set())
+            if column is not None:
+                columns.add(str(column))
+        return found
 
     def create_table(self, table: str) -> None:
         self.execute(
