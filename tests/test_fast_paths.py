@@ -101,3 +101,51 @@ def test_a_run_queued_behind_another_finds_its_work_done(
         first.kill()
         first.wait()
     assert postgres_db.query("SELECT version, status FROM app") == [(1, "applied")]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_queued_run_stops_at_once_on_a_signal(
+    postgres_db: Database, tmp_path: Path, signal_name: str
+) -> None:
+    """The queued run waits for the lock in libpq (ctypes), where Python's signal handlers
+    cannot run: Ctrl-C and SIGTERM must still stop it at once, not at --lock-timeout."""
+    import signal
+
+    slow = write_tree(tmp_path / "slow", {"1_slow.up.sql": "SELECT pg_sleep(30);"})
+    other = write_tree(tmp_path / "other", {"1_t.up.sql": "CREATE TABLE t (id INT);"})
+    command = [*whimbrel_executable(), "migrations", "apply"]
+    holder = subprocess.Popen(
+        [*command, str(slow), "--url", postgres_db.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.read(len("slow: applying")) == "slow: applying"  # holds the lock
+    queued = subprocess.Popen(
+        [*command, str(other), "--url", postgres_db.url, "--lock-timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert queued.stderr is not None
+        assert "waiting for the migration lock" in queued.stderr.readline()
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE 'SELECT pg_advisory_lock(%%'"
+        )
+        deadline = time.monotonic() + 20
+        while not postgres_db.query(waiting)[0][0]:  # blocked inside libpq, on the server
+            assert time.monotonic() < deadline, "the queued run never waited on the server"
+            time.sleep(0.05)
+        sent = time.monotonic()
+        queued.send_signal(getattr(signal, signal_name))
+        queued.wait(20)
+        assert time.monotonic() - sent < 5
+        assert queued.returncode == 128 + getattr(signal, signal_name)
+    finally:
+        for proc in (holder, queued):
+            proc.kill()
+            proc.wait()
+    assert "t" not in postgres_db.tables()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar
@@ -31,6 +32,7 @@ _CONNECTION_OK = 0
 _COMMAND_OK = 1
 _TUPLES_OK = 2
 _DIAG_SQLSTATE = ord("C")
+_LOCK_SLICE_MS = 200  # how long a signal may wait while a queued run waits for the lock
 
 
 class _LockNotAvailable(Exception):
@@ -178,15 +180,28 @@ class LibpqReader(PostgresDriver):
             return
         holder = self.lock_holder(LOCK_KEY)
         on_wait(holder)
-        self._command(f"SET lock_timeout = {max(1, int(timeout * 1000))}")
+        # A ctypes call blocks Python's signal handlers: wait in short slices, so that
+        # Ctrl-C and SIGTERM stop a queued run at once, as they do on PostgresDriver.
+        deadline = time.monotonic() + timeout
+        self._command(f"SET lock_timeout = {_LOCK_SLICE_MS}")
         try:
-            self._command(f"SELECT pg_advisory_lock({LOCK_KEY})")
-        except _LockNotAvailable:
-            raise LockTimeout(
-                f"gave up after {timeout:g} s waiting for the migration lock on {self.url}"
-                + (f", held by {self.lock_holder(LOCK_KEY) or holder}" if holder else "")
-            ) from None
-        self._command("RESET lock_timeout")
+            while True:
+                try:
+                    self._command(f"SELECT pg_advisory_lock({LOCK_KEY})")
+                    return
+                except _LockNotAvailable:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(
+                            f"gave up after {timeout:g} s waiting for the migration lock on "
+                            f"{self.url}"
+                            + (
+                                f", held by {self.lock_holder(LOCK_KEY) or holder}"
+                                if holder
+                                else ""
+                            )
+                        ) from None
+        finally:
+            self._command("RESET lock_timeout")
 
     def _scalar(self, sql: str) -> object:
         return self._json(f"SELECT to_json(({sql}))")
