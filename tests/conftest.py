@@ -15,6 +15,7 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,41 +105,55 @@ def _fresh_name() -> str:
     return f"whimbrel_t_{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def postgres_db() -> Iterator[Database]:
-    import psycopg
-
+@contextmanager
+def fresh_database(dialect: str, tmp_path: Path) -> Iterator[Database]:
+    """A fresh, empty database of this kind, dropped afterwards (SQLite: a file to be)."""
     name = _fresh_name()
-    try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
-    except psycopg.Error as exc:
-        unreachable(f"PostgreSQL at {POSTGRES_URL}", exc)
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield Database("postgres", _with_database(POSTGRES_URL, name), name)
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    if dialect == "sqlite":
+        path = tmp_path / f"{name}.db"
+        yield Database("sqlite", f"sqlite:///{path}", str(path))
+        return
+    if dialect == "postgres":
+        import psycopg
 
-
-@pytest.fixture
-def mysql_db() -> Iterator[Database]:
+        try:
+            admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+        except psycopg.Error as exc:
+            unreachable(f"PostgreSQL at {POSTGRES_URL}", exc)
+        with admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield Database("postgres", _with_database(POSTGRES_URL, name), name)
+        finally:
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        return
     import pymysql
 
-    name = _fresh_name()
     try:
-        admin = pymysql.connect(**_mysql_kwargs(MYSQL_URL), connect_timeout=5, autocommit=True)
+        conn = pymysql.connect(**_mysql_kwargs(MYSQL_URL), connect_timeout=5, autocommit=True)
     except pymysql.MySQLError as exc:
         unreachable(f"MariaDB/MySQL at {MYSQL_URL}", exc)
     try:
-        with admin.cursor() as cur:
+        with conn.cursor() as cur:
             cur.execute(f"CREATE DATABASE `{name}`")
         yield Database("mysql", _with_database(MYSQL_URL, name), name)
     finally:
-        with admin.cursor() as cur:
+        with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        admin.close()
+        conn.close()
+
+
+@pytest.fixture
+def postgres_db(tmp_path: Path) -> Iterator[Database]:
+    with fresh_database("postgres", tmp_path) as database:
+        yield database
+
+
+@pytest.fixture
+def mysql_db(tmp_path: Path) -> Iterator[Database]:
+    with fresh_database("mysql", tmp_path) as database:
+        yield database
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import Database, run_cli, write_tree
-from torture_support import fresh_database, schema_dump, spawn
+from conftest import Database, fresh_database, run_cli, write_tree
+from torture_support import schema_dump, spawn
 
 PROCESSES = 16
 SETS = ("a_core", "b_billing", "c_search", "d_audit", "e_reports")

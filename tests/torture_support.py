@@ -1,5 +1,5 @@
-"""Shared helpers of the torture tests: a second fresh database, a normalised schema dump,
-and the real CLI started in the background."""
+"""Shared helpers of the torture tests: a normalised schema dump, and the real CLI started in
+the background (fresh_database, for a second database, is conftest's)."""
 
 from __future__ import annotations
 
@@ -7,60 +7,9 @@ import os
 import select
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import IO, Any
 
-from conftest import (
-    MYSQL_URL,
-    POSTGRES_URL,
-    Database,
-    _mysql_kwargs,
-    _with_database,
-    unreachable,
-    whimbrel_executable,
-)
-
-
-@contextmanager
-def fresh_database(dialect: str, tmp_path: Path) -> Iterator[Database]:
-    """Another fresh database of the same kind as a `db` fixture, dropped afterwards."""
-    name = f"whimbrel_t_{uuid.uuid4().hex[:12]}"
-    if dialect == "sqlite":
-        path = tmp_path / f"{name}.db"
-        yield Database("sqlite", f"sqlite:///{path}", str(path))
-        return
-    if dialect == "postgres":
-        import psycopg
-
-        try:
-            admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
-        except psycopg.Error as exc:
-            unreachable(f"PostgreSQL at {POSTGRES_URL}", exc)
-        with admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield Database("postgres", _with_database(POSTGRES_URL, name), name)
-        finally:
-            with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        return
-    import pymysql
-
-    try:
-        conn = pymysql.connect(**_mysql_kwargs(MYSQL_URL), connect_timeout=5, autocommit=True)
-    except pymysql.MySQLError as exc:
-        unreachable(f"MariaDB/MySQL at {MYSQL_URL}", exc)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{name}`")
-        yield Database("mysql", _with_database(MYSQL_URL, name), name)
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.close()
+from conftest import Database, whimbrel_executable
 
 
 def schema_dump(db: Database) -> list[tuple[Any, ...]]:
