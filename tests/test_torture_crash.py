@@ -187,3 +187,64 @@ def test_killed_lock_holder_frees_the_lock_for_a_waiting_run(db: Database, tmp_p
     assert waited < 15
     expected = [(1, "applied"), (2, "applying")] if db.dialect == "mysql" else [(1, "applied")]
     assert [r[:2] for r in db.tracking("app")] == expected
+
+
+@pytest.mark.parametrize("recovery", ["resume", "mark"])
+def test_sigkill_after_a_migrations_last_ddl_on_mysql_is_dirty_and_recovers(
+    mysql_db: Database, tmp_path: Path, recovery: str
+) -> None:
+    """The window of held tracking writes: a DDL statement's progress, and for a
+    migration's last statement its `applied` status, ride on whimbrel's next round trip.
+    Killed before that trip (here: while the server still runs the DDL, which it finishes
+    after whimbrel is gone), the migration is dirty and counted one statement short;
+    nothing is recorded as applied that did not run, and nothing runs twice."""
+    db = mysql_db
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "001_flag.up.sql": "CREATE TABLE slow_flag (s BIGINT);\n"
+            "INSERT INTO slow_flag VALUES (3);\n",
+            # One DDL statement (it commits by itself), slow on the server.
+            "002_ctas.up.sql": "CREATE TABLE big AS SELECT SLEEP(s) FROM slow_flag;\n",
+            "003_later.up.sql": "CREATE TABLE later (n INT);\n",
+        },
+    )
+    proc = spawn("migrations", "apply", str(tree), "--url", db.url)
+    read_until(proc.stdout, "applying 002_ctas.up.sql")
+
+    def running() -> bool:
+        assert proc.poll() is None, "whimbrel finished before it could be killed"
+        return _slow_statement_running(db)
+
+    _wait_until(running, "migration 2's CREATE TABLE ... SELECT SLEEP runs")
+    _kill(proc)
+    # The server finishes the DDL the dead client sent, and commits it.
+    _wait_until(lambda: "big" in db.tables(), "the orphaned DDL finishes on the server")
+
+    inspected = run_cli("migrations", "inspect", str(tree), "--url", db.url, "-o", "json")
+    assert inspected.returncode == 4, inspected.stdout + inspected.stderr
+    migrations = json.loads(inspected.stdout)["sets"][0]["migrations"]
+    assert [m["status"] for m in migrations] == ["applied", "dirty", "pending"]
+    # Recorded as started, never as applied: its progress was still held by whimbrel.
+    assert migrations[1]["dirty"]["statements_done"] == 0
+    refused = run_cli("migrations", "apply", str(tree), "--url", db.url, "--lock-timeout", "20")
+    assert refused.returncode == 8, refused.stdout + refused.stderr
+    assert "set 'app': migration 2 (002_ctas.up.sql) is dirty" in refused.stderr
+
+    if recovery == "resume":
+        # --resume re-runs the DDL: it fails loudly (the table exists), it never runs twice.
+        resumed = run_cli("migrations", "apply", str(tree), "--url", db.url, "--resume")
+        assert resumed.returncode != 0, resumed.stdout
+        assert "already exists" in resumed.stderr
+        assert db.query("SELECT count(*) FROM big") == [(1,)]
+        assert "later" not in db.tables()
+    marked = run_cli(
+        "migrations", "mark", str(tree), "--url", db.url, "--set", "app", "--version", "2",
+        "--applied",
+    )  # fmt: skip
+    assert marked.returncode == 0, marked.stderr
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert result.returncode == 0, result.stderr
+    assert "later" in db.tables()
+    assert [r[:2] for r in db.tracking("app")] == [(1, "applied"), (2, "applied"), (3, "applied")]
+    assert run_cli("migrations", "inspect", str(tree), "--url", db.url).returncode == 0

@@ -119,6 +119,10 @@ class MySQLDriver(Driver):
         return redact(text, self.url.secrets())
 
     def close(self) -> None:
+        # Every path that ends a run flushes first; this catches one that did not, since
+        # held writes would be lost with the session (and leave a finished step dirty).
+        with contextlib.suppress(Exception):
+            self._flush_pending()
         for conn in (self.conn, self.lock_conn):
             if conn is not None:
                 with contextlib.suppress(Exception):  # already gone
