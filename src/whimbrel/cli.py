@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from whimbrel import __version__
+from whimbrel import __version__, kube
 from whimbrel.errors import ExitCode, Interrupted, UsageError, WhimbrelError
 from whimbrel.kube.options import KUBE_HELP, KubeCommand, kube_options
 from whimbrel.urls import DatabaseURL, parse_url, redact
@@ -157,14 +157,17 @@ def create_db_option(f: F) -> F:
     )(f)
 
 
-def output_option(default: str) -> Callable[[F], F]:
+def output_option(
+    default: str,
+    help: str = "For people (table and text mean the same) or one JSON document for machines.",
+) -> Callable[[F], F]:
     return click.option(
         "--output",
         "-o",
         type=click.Choice(("table", "text", "json")),
         default=default,
         show_default=True,
-        help="For people (table and text mean the same) or one JSON document for machines.",
+        help=help,
         callback=lambda _ctx, _param, value: "json" if value == "json" else "text",
     )
 
@@ -511,14 +514,7 @@ def _engine_option(f: F) -> F:
     metavar="DIR",
     help="Where --reference's own references are looked up (default: its folder).",
 )
-@click.option(
-    "--output",
-    "-o",
-    type=click.Choice(("text", "json")),
-    default="text",
-    show_default=True,
-    help="The manifest itself, or one JSON document.",
-)
+@output_option("text", help="The manifest itself, or one JSON document.")
 def manifest(
     path: str,
     engine: str | None,
@@ -569,14 +565,7 @@ def manifest(
     help="Also refuse a manifest written for another engine than this URL's (only the "
     "scheme is used; nothing connects).",
 )
-@click.option(
-    "--output",
-    "-o",
-    type=click.Choice(("text", "json")),
-    default="text",
-    show_default=True,
-    help="A line per manifest checked, or one JSON document.",
-)
+@output_option("text", help="A line per manifest checked, or one JSON document.")
 def verify(
     path: str,
     manifest: str | None,
@@ -902,21 +891,21 @@ def k8s() -> None:
 )
 @click.option(
     "--service-account",
-    default="whimbrel-migrations",
+    default=kube.DEFAULT_SERVICE_ACCOUNT,
     show_default=True,
     metavar="NAME",
     help="Name of the ServiceAccount (--service-account of --as-k8s-job).",
 )
 @click.option(
     "--role-name",
-    default="whimbrel-migrations",
+    default=kube.DEFAULT_ROLE_NAME,
     show_default=True,
     metavar="NAME",
     help="Name of the Role and the RoleBinding.",
 )
 @click.option(
     "--lease-name",
-    default="migration-job-lock",
+    default=kube.DEFAULT_LEASE_NAME,
     show_default=True,
     metavar="NAME",
     help="The Lease the pods take (--lease-name of --as-k8s-job).",

@@ -15,6 +15,7 @@ Modules:
 from __future__ import annotations
 
 DEFAULT_SERVICE_ACCOUNT = "whimbrel-migrations"
+DEFAULT_ROLE_NAME = "whimbrel-migrations"  # of the Role and RoleBinding
 DEFAULT_LEASE_NAME = "migration-job-lock"
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_BACKOFF_LIMIT = 3
