@@ -30,6 +30,7 @@ from typing import Any
 
 from whimbrel.discovery import looks_like_migration, scan_folder
 from whimbrel.errors import InvalidManifestError, InvalidMigrationsError, ManifestMismatch
+from whimbrel.urls import SCHEMES
 
 __all__ = [
     "ENGINES",
@@ -47,15 +48,7 @@ __all__ = [
 ]
 
 ENGINES = ("postgres", "mysql", "sqlite", "any")
-_ENGINE_ALIASES = {
-    "postgres": "postgres",
-    "postgresql": "postgres",
-    "mysql": "mysql",
-    "mariadb": "mysql",
-    "sqlite": "sqlite",
-    "sqlite3": "sqlite",
-    "any": "any",
-}
+_ENGINE_ALIASES: dict[str, str] = {**SCHEMES, "any": "any"}
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _FILE_AND_HASH = re.compile(r"(?P<file>.+?)\s+(?P<sha>\S+)")
 _SET_NAME = re.compile(r"[a-z_][a-z0-9_]*")

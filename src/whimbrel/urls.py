@@ -11,7 +11,8 @@ from whimbrel.errors import UsageError
 
 Dialect = Literal["postgres", "mysql", "sqlite"]
 
-_SCHEMES: dict[str, Dialect] = {
+# URL schemes (also the engine names a manifest accepts) and their dialect.
+SCHEMES: dict[str, Dialect] = {
     "postgres": "postgres",
     "postgresql": "postgres",
     "mysql": "mysql",
@@ -80,7 +81,7 @@ def parse_url(url: str) -> DatabaseURL:
     if not url:
         raise UsageError("no database URL: pass --url or set DATABASE_URL")
     scheme, sep, rest = url.partition(":")
-    dialect = _SCHEMES.get(scheme.lower()) if sep else None
+    dialect = SCHEMES.get(scheme.lower()) if sep else None
     if dialect is None:
         raise UsageError(
             f"unsupported database URL {redact(url)!r}: use postgres://, postgresql://, "

@@ -161,6 +161,18 @@ class AtomicItem(NamedTuple):
     pieces: Sequence[tuple[int, int, int]] | None = None
 
 
+def columns_by_table(
+    rows: Iterable[tuple[object, ...]], *, fold_case: bool = False
+) -> dict[str, set[str]]:
+    """(table, column) rows, a column None for a table without any, as table -> columns."""
+    found: dict[str, set[str]] = {}
+    for table, column in rows:
+        columns = found.setdefault(str(table), set())
+        if column is not None:
+            columns.add(str(column).lower() if fold_case else str(column))
+    return found
+
+
 _IDENTITY: tuple[int, str] | None = None  # (pid, identity): a fork gets its own
 
 

@@ -31,6 +31,7 @@ from whimbrel.drivers.base import (
     Progress,
     StatementError,
     TrackingWrite,
+    columns_by_table,
 )
 from whimbrel.errors import ConnectionFailed, DatabaseError, LockTimeout, UsageError
 from whimbrel.urls import DatabaseURL, redact
@@ -267,12 +268,7 @@ class MySQLDriver(Driver):
             f"WHERE TABLE_SCHEMA = %s AND TABLE_NAME IN ({marks})",
             (self.url.database, *tables),
         )
-        found: dict[str, set[str]] = {}
-        for table, column in rows:
-            columns = found.setdefault(str(table), set())
-            if column is not None:
-                columns.add(str(column).lower())
-        return found
+        return columns_by_table(rows, fold_case=True)  # MySQL column names ignore case
 
     def create_table(self, table: str) -> None:
         comment = f"whimbrel: applied migrations of the set {table}"

@@ -31,6 +31,7 @@ from whimbrel.drivers.base import (
     StatementError,
     TrackingWrite,
     client_identity,
+    columns_by_table,
 )
 from whimbrel.errors import ConnectionFailed, DatabaseError, LockTimeout, RefusedError
 from whimbrel.urls import DatabaseURL, redact
@@ -265,12 +266,7 @@ class PostgresDriver(Driver):
             "WHERE n.nspname = %s AND c.relname = ANY(%s)",
             (self.schema, list(tables)),
         )
-        found: dict[str, set[str]] = {}
-        for table, column in rows:
-            columns = found.setdefault(str(table), set())
-            if column is not None:
-                columns.add(str(column))
-        return found
+        return columns_by_table(rows)
 
     def create_table(self, table: str) -> None:
         qualified = self.qualified(table)

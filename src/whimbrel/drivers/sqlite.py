@@ -22,6 +22,7 @@ from whimbrel.drivers.base import (
     LockWaitCallback,
     StatementError,
     client_identity,
+    columns_by_table,
 )
 from whimbrel.errors import ConnectionFailed, DatabaseError, LockTimeout
 from whimbrel.urls import DatabaseURL
@@ -175,12 +176,7 @@ class SQLiteDriver(Driver):
             f"WHERE m.type IN ('table', 'view') AND m.name IN ({marks})",
             tuple(tables),
         )
-        found: dict[str, set[str]] = {}
-        for table, column in rows:
-            columns = found.setdefault(str(table), set())
-            if column is not None:
-                columns.add(str(column))
-        return found
+        return columns_by_table(rows)
 
     def create_table(self, table: str) -> None:
         self.execute(
