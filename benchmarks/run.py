@@ -667,6 +667,27 @@ def _times(value: float | None) -> str:
 
 
 # -- setup and self-check ------------------------------------------------------------------
+def compile_whimbrel() -> str:
+    """Write whimbrel's bytecode, as `pip install` of a wheel does (and yoyo's venv has).
+
+    An editable install compiles at first import instead, and not at all when
+    PYTHONDONTWRITEBYTECODE is set: every timed run would then pay ~35 ms of compiling that
+    no installed copy pays.
+    """
+    found = subprocess.run(
+        [
+            str(Path(whimbrel_command()[0]).with_name("python")),
+            "-c",
+            "import os, whimbrel; print(os.path.dirname(whimbrel.__file__))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    subprocess.run([sys.executable, "-m", "compileall", "-q", found], check=True)
+    return found
+
+
 def setup_peers() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     if not DBMATE.exists():
@@ -739,6 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not DBMATE.exists() or not YOYO.exists():
         results.notes.append("Some peers are missing: run `python benchmarks/run.py --setup`.")
     facts = machine_facts(servers)
+    facts.append(f"whimbrel: bytecode compiled in {compile_whimbrel()}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="whimbrel-bench-") as scratch:
         base = Path(scratch)
