@@ -547,6 +547,45 @@ def test_ctrl_c_stops_cleanly(db: Database, tmp_path: Path) -> None:
         assert "s" not in db.tables()
 
 
+@pytest.mark.parametrize("single_transaction", [False, True], ids=["each", "single"])
+def test_interrupted_json_run_still_prints_its_document(
+    postgres_db: Database, tmp_path: Path, single_transaction: bool
+) -> None:
+    import signal
+
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_a.up.sql": "CREATE TABLE a (id INT);",
+            "2_slow.up.sql": "CREATE TABLE s (id INT);\nSELECT pg_sleep(30);\n",
+        },
+    )
+    extra = ["--single-transaction"] if single_transaction else []
+    args = ["migrations", "apply", str(tree), "--url", postgres_db.url, "-o", "json", *extra]
+    proc = subprocess.Popen(
+        [*whimbrel_executable(), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_running_sleep(postgres_db)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143, err
+    doc = json.loads(out)
+    assert doc["error"]["exit_code"] == 143
+    running = (
+        "one of 2 migrations sent together (1_a.up.sql to 2_slow.up.sql of set 'app')"
+        if single_transaction
+        else "2_slow.up.sql of set 'app'"
+    )
+    assert f"interrupted while applying {running}" in doc["error"]["message"]
+    # Only what committed is listed: with --single-transaction, nothing did.
+    applied = [] if single_transaction else ["1_a.up.sql"]
+    assert [m["file"] for m in doc["migrations"]] == applied
+    assert doc["command"] == "apply"
+
+
 # -- exactly once, even when interrupted ---------------------------------------------------
 def test_interrupted_statement_is_not_run_twice_on_resume(
     mysql_db: Database, tmp_path: Path

@@ -269,9 +269,17 @@ def _run_and_report(
             # A script still learns what this run did before it failed.
             click.echo(redact(render.run_json(exc.partial, error=exc), _secrets))
         _fail(exc)
-    except Interrupted:
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
         if reporter is not None:
             reporter.failed("INTERRUPTED")
+        if as_json:  # automation gets its document on an interruption too
+            import json
+
+            doc = json.loads(render.run_json(getattr(exc, "partial", None)))
+            signum = _signal_received[0] if _signal_received else signal.SIGINT
+            message = exc.message if isinstance(exc, Interrupted) else "interrupted"
+            doc["error"] = {"exit_code": 128 + signum, "message": message}
+            click.echo(redact(json.dumps(doc, indent=2), _secrets))
         raise
     if as_json:
         click.echo(render.run_json(result))

@@ -950,10 +950,12 @@ def _execute_in_one_transaction(
     if not planned:
         return
     step = planned[0]
+    running = _running([step])
     try:
         driver.execute(driver.begin_sql)
         for batch in _batches(planned):
             step = batch[0]
+            running = _running(batch)
             started = time.perf_counter()
             try:
                 driver.run_many_in_transaction([_atomic_item(driver, s) for s in batch])
@@ -965,6 +967,7 @@ def _execute_in_one_transaction(
             share = (time.perf_counter() - started) * 1000 / len(batch)
             outcomes += [(s, _outcome(s, share)) for s in batch]
             step = batch[-1]
+            running = _running([step])
         driver.execute("COMMIT")
     except MigrationFailed as exc:
         _rollback_quietly(driver)
@@ -976,7 +979,7 @@ def _execute_in_one_transaction(
         raise
     except ConnectionFailed as exc:
         raise ConnectionFailed(
-            f"{exc.message}\nwhile running {step.file} of set {step.set_name!r} in "
+            f"{exc.message}\nwhile running {running} in "
             "--single-transaction mode: the database rolls the run back unless the connection "
             "broke during COMMIT; `whimbrel migrations inspect` shows where it stands"
         ) from None
@@ -988,11 +991,13 @@ def _execute_in_one_transaction(
         ) from None
     except KeyboardInterrupt:
         _rollback_quietly(driver)
-        raise Interrupted(
-            f"interrupted while applying {step.file} of set {step.set_name!r} with "
+        interrupted = Interrupted(
+            f"interrupted while applying {running} with "
             "--single-transaction: the whole run was rolled back, so no migration of it was "
             "applied."
-        ) from None
+        )
+        interrupted.partial = result  # type: ignore[attr-defined]
+        raise interrupted from None
     except BaseException:
         _rollback_quietly(driver)
         raise
@@ -1052,6 +1057,19 @@ def _prepare_all(driver: Driver, steps: Sequence[tuple[Step, MigrationState]]) -
     return planned
 
 
+def _running(batch: Sequence[Step]) -> str:
+    """What was running, when all we know is the round trip: one step, or one of several."""
+    first, last = batch[0], batch[-1]
+    if len(batch) == 1:
+        return f"{first.file} of set {first.set_name!r}"
+    where = (
+        f"set {first.set_name!r}"
+        if first.set_name == last.set_name
+        else f"sets {first.set_name!r} to {last.set_name!r}"
+    )
+    return f"one of {len(batch)} migrations sent together ({first.file} to {last.file} of {where})"
+
+
 def _execute_all(
     driver: Driver, planned: Sequence[Step], result: RunResult, reporter: Reporter
 ) -> None:
@@ -1065,6 +1083,9 @@ def _execute_all(
             driver.flush_tracking()
     except WhimbrelError as exc:
         exc.partial = result
+        raise
+    except KeyboardInterrupt as exc:  # -o json still reports what ran before it
+        exc.partial = result  # type: ignore[attr-defined]
         raise
 
 
