@@ -23,6 +23,7 @@ creates databases named whimbrel_bench_* on them and drops them afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -147,6 +148,11 @@ class Server:
     def version(self) -> str:
         raise NotImplementedError
 
+    def settle(self) -> None:
+        """Start every timed run from the same state: nothing left to write back from the
+        runs before it (each tool pays for its own writes, not for the previous tool's)."""
+        os.sync()
+
 
 def _fresh_name() -> str:
     return f"whimbrel_bench_{uuid.uuid4().hex[:10]}"
@@ -196,6 +202,13 @@ class Postgres(Server):
 
     def version(self) -> str:
         return self._admin("SHOW server_version")
+
+    def settle(self) -> None:
+        # CREATE DATABASE copies the template through the WAL: checkpoint it now, not
+        # during the run that follows (which then also starts a fresh checkpoint cycle).
+        with contextlib.suppress(subprocess.CalledProcessError):  # not a superuser
+            self._admin("CHECKPOINT")
+        super().settle()
 
 
 class MariaDB(Server):
@@ -333,6 +346,7 @@ class Results:
 
 def with_fresh(server: Server, action: Callable[[str], float]) -> float:
     database = server.create()
+    server.settle()
     try:
         return action(database)
     finally:
