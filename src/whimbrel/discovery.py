@@ -54,8 +54,8 @@ class Migration:
     down_file: str | None = None
     # The sections are parsed on first use, from the text read with the hash: a run needs
     # the sections of the migrations it runs, but only the name and hash of the others
-    # (10,000 applied files cost a hash each). Holds [text] until then, then [sections].
-    _parsed: list[object] = field(default_factory=list, repr=False, compare=False)
+    # (10,000 applied files cost a hash each). Holds the text until then, then the sections.
+    _parsed: str | tuple[Section, Section | None] = field(default="", repr=False, compare=False)
 
     @property
     def path(self) -> Path:
@@ -71,12 +71,13 @@ class Migration:
 
     def _sections(self) -> tuple[Section, Section | None]:
         parsed = self._parsed
-        if isinstance(parsed[0], str):
+        if isinstance(parsed, str):
             if self.format == "dbmate":
-                parsed[0] = _dbmate_sections(self.set_name, self.file, parsed[0])
+                parsed = _dbmate_sections(self.set_name, self.file, parsed)
             else:
-                parsed[0] = _golang_sections(self, parsed[0])
-        return parsed[0]  # type: ignore[return-value]
+                parsed = _golang_sections(self, parsed)
+            object.__setattr__(self, "_parsed", parsed)  # frozen, but this is a cache
+        return parsed
 
 
 # Migration(version, name, file, folder, format, sha256, set_name, down_file, _parsed)
@@ -140,20 +141,23 @@ def _discover(path: str | os.PathLike[str]) -> list[MigrationSet]:
         raise InvalidMigrationsError(f"migrations path {root} does not exist")
     if not root.is_dir():
         raise InvalidMigrationsError(f"migrations path {root} is not a folder")
-    own_files, subfolders, ignored_sql = scan_folder(root)
-    scans = {d: scan_folder(d) for d in subfolders}  # each folder is listed once
+    folder = os.fspath(root)
+    own_files, subfolders, ignored_sql = _scan(folder)
+    scans = {d: _scan(d) for d in subfolders}  # each folder is listed once
     set_folders = [d for d in subfolders if scans[d][0]]
     if own_files and set_folders:
         raise InvalidMigrationsError(
             f"{root} holds both migration files and set folders "
-            f"({', '.join(d.name for d in set_folders)}): keep one set per folder"
+            f"({', '.join(map(os.path.basename, set_folders))}): keep one set per folder"
         )
     if own_files:
-        name = Path(os.path.abspath(root)).name
+        name = os.path.basename(os.path.abspath(folder))
         return [_load_set(name, root, own_files)]
     if not set_folders:
         hint = ""
-        deeper = [d.name for d in subfolders if any(scan_folder(sub)[0] for sub in scans[d][1])]
+        deeper = [
+            os.path.basename(d) for d in subfolders if any(_scan(sub)[0] for sub in scans[d][1])
+        ]
         if deeper:
             verb = "holds" if len(deeper) == 1 else "hold"
             hint = (
@@ -166,8 +170,10 @@ def _discover(path: str | os.PathLike[str]) -> list[MigrationSet]:
                 "with its version number, like 001_init.up.sql or 20231103205514_init.sql)"
             )
         raise InvalidMigrationsError(f"no migration files found in {root}{hint}")
-    sets = [_load_set(d.name, d, scans[d][0]) for d in sorted(set_folders, key=lambda d: d.name)]
-    return sets
+    return [
+        _load_set(os.path.basename(d), Path(d), scans[d][0])
+        for d in sorted(set_folders, key=os.path.basename)
+    ]
 
 
 class FoundFile(NamedTuple):
@@ -179,112 +185,196 @@ class FoundFile(NamedTuple):
 
 def scan_folder(folder: Path) -> tuple[list[FoundFile], list[Path], list[str]]:
     """Return (migration-looking files, sub-folders, other .sql files) of `folder`."""
-    files: list[FoundFile] = []
-    folders: list[Path] = []
+    names, folders, other_sql = _scan(os.fspath(folder))
+    join = os.path.join
+    files = [FoundFile(name, join(folder, name)) for name in names]
+    return files, [Path(d) for d in folders], other_sql
+
+
+def _scan(folder: str) -> tuple[list[str], list[str], list[str]]:
+    """Return (names of migration-looking files, paths of sub-folders, names of other .sql
+    files) of `folder`: names only, the least a file costs (10,000 files per run)."""
+    files: list[str] = []
+    folders: list[str] = []
     other_sql: list[str] = []
     try:
         entries = list(os.scandir(folder))
     except OSError as exc:
         raise InvalidMigrationsError(f"cannot read folder {folder}: {exc.strerror}") from exc
     for entry in entries:
-        if entry.name.startswith("."):
+        name = entry.name
+        if name[0] == ".":
             continue
         try:
-            is_dir = entry.is_dir()
-            is_file = entry.is_file()
             if entry.is_symlink():
                 os.stat(entry.path)  # a dangling or looping link is an error, not a skip
+            is_file = entry.is_file()
+            is_dir = not is_file and entry.is_dir()
         except OSError as exc:
             raise InvalidMigrationsError(
                 f"cannot read {entry.path}: {exc.strerror or exc}"
             ) from exc
-        migration_like = looks_like_migration(entry.name)
-        if migration_like and not is_file:
-            raise InvalidMigrationsError(
-                f"{entry.path} is named like a migration but is not a regular file"
-            )
-        if is_dir:
-            folders.append(Path(entry.path))
-        elif is_file and migration_like:
-            files.append(FoundFile(entry.name, entry.path))
-        elif is_file and entry.name.lower().endswith(".sql"):
-            other_sql.append(entry.name)
+        lower = name.lower()
+        # looks_like_migration(), inline: it runs once per file.
+        sql = lower.endswith(".sql")
+        if sql and (name[0].isdigit() or lower.endswith(_GOLANG_SUFFIXES)):
+            if not is_file:
+                raise InvalidMigrationsError(
+                    f"{entry.path} is named like a migration but is not a regular file"
+                )
+            files.append(name)
+        elif is_dir:
+            folders.append(entry.path)
+        elif is_file and sql:
+            other_sql.append(name)
     return files, folders, other_sql
 
 
-def _load_set(name: str, folder: Path, files: Iterable[FoundFile]) -> MigrationSet:
+_GOLANG_SUFFIXES = (".up.sql", ".down.sql")
+_MALFORMED = (
+    "malformed migration file name: expected VERSION_NAME.up.sql / VERSION_NAME.down.sql "
+    "(golang-migrate) or VERSION_NAME.sql with -- migrate:up (dbmate), where VERSION is digits"
+)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+# Files are opened relative to their folder where the OS allows it: the kernel then walks
+# one name per file, not the whole path.
+_OPEN_IN_FOLDER = os.open in os.supports_dir_fd
+
+
+def _load_set(name: str, folder: Path, filenames: Iterable[str]) -> MigrationSet:
+    """Check the names of a set's files, then read and hash each, in version order.
+
+    This runs once per file of every set (10,000 per run), so it is one plain loop: no
+    helper calls or objects per file beyond the Migration itself.
+    """
     validate_set_name(name, folder)
-    ups: dict[int, tuple[str, FoundFile, Format]] = {}
-    downs: dict[int, tuple[str, FoundFile]] = {}
-
-    def claim(version: int, label: str) -> None:
-        other = ups.get(version)
-        if other is not None:
-            raise InvalidMigrationsError(
-                f"duplicate version {version}: {other[1].name} and {label}", set_name=name
-            )
-
-    for file in sorted(files, key=lambda p: p.name):
-        filename = file.name
-        golang = _GOLANG_NAME.fullmatch(filename)
-        if golang:
-            version = _parse_version(golang["version"], name, filename)
-            if golang["direction"] == "up":
-                claim(version, filename)
-                ups[version] = (golang["name"], file, "golang-migrate")
+    # version -> (migration name, up file name, format, down file name or None)
+    ups: dict[int, tuple[str, str, Format]] = {}
+    downs: dict[int, tuple[str, str]] = {}
+    golang_name = _GOLANG_NAME.fullmatch
+    dbmate_name = _DBMATE_NAME.fullmatch
+    for filename in sorted(filenames):
+        # golang-migrate's names end in .up.sql/.down.sql (as written); a dbmate name must
+        # not end in them in any case, so the suffix says which of the two it can be.
+        if filename.lower().endswith(_GOLANG_SUFFIXES):
+            match = golang_name(filename)
+            if match is None:
+                raise InvalidMigrationsError(_MALFORMED, set_name=name, file=filename)
+            version = _parse_version(match["version"], name, filename)
+            if match["direction"] == "up":
+                other = ups.get(version)
+                if other is not None:
+                    raise InvalidMigrationsError(
+                        f"duplicate version {version}: {other[1]} and {filename}", set_name=name
+                    )
+                ups[version] = (match["name"], filename, "golang-migrate")
             else:
                 if version in downs:
                     raise InvalidMigrationsError(
-                        f"duplicate version {version}: {downs[version][1].name} and {filename}",
+                        f"duplicate version {version}: {downs[version][1]} and {filename}",
                         set_name=name,
                     )
-                downs[version] = (golang["name"], file)
+                downs[version] = (match["name"], filename)
             continue
-        dbmate = _DBMATE_NAME.fullmatch(filename)
-        if dbmate and not filename.lower().endswith((".up.sql", ".down.sql")):
-            version = _parse_version(dbmate["version"], name, filename)
-            claim(version, filename)
-            ups[version] = (dbmate["name"] or "", file, "dbmate")
-            continue
-        raise InvalidMigrationsError(
-            "malformed migration file name: expected VERSION_NAME.up.sql / VERSION_NAME.down.sql "
-            "(golang-migrate) or VERSION_NAME.sql with -- migrate:up (dbmate), "
-            "where VERSION is digits",
-            set_name=name,
-            file=filename,
-        )
+        match = dbmate_name(filename)
+        if match is None:
+            raise InvalidMigrationsError(_MALFORMED, set_name=name, file=filename)
+        digits = match["version"]
+        version = int(digits)
+        if version > MAX_VERSION:
+            _parse_version(digits, name, filename)  # raises
+        other = ups.get(version)
+        if other is not None:
+            raise InvalidMigrationsError(
+                f"duplicate version {version}: {other[1]} and {filename}", set_name=name
+            )
+        ups[version] = (match["name"] or "", filename, "dbmate")
 
-    for version, (down_name, down_path) in downs.items():
+    for version, (down_name, down_file) in downs.items():
         up = ups.get(version)
         if up is None:
             raise InvalidMigrationsError(
                 f"down migration without an up migration (expected "
-                f"{down_path.name.removesuffix('.down.sql')}.up.sql)",
+                f"{down_file.removesuffix('.down.sql')}.up.sql)",
                 set_name=name,
-                file=down_path.name,
+                file=down_file,
             )
         if up[2] == "dbmate":
             raise InvalidMigrationsError(
-                f"duplicate version {version}: {up[1].name} and {down_path.name}", set_name=name
+                f"duplicate version {version}: {up[1]} and {down_file}", set_name=name
             )
         if up[0] != down_name:
             raise InvalidMigrationsError(
                 f"up and down files of version {version} have different names: "
-                f"{up[1].name} and {down_path.name}",
+                f"{up[1]} and {down_file}",
                 set_name=name,
             )
 
     migrations = []
-    for version in sorted(ups):
-        migration_name, path, fmt = ups[version]
-        down = downs.get(version)
-        if fmt == "golang-migrate":
+    new_migration = _new_migration
+    sha256 = hashlib.sha256
+    os_open, os_read, os_close = os.open, os.read, os.close
+    folder_fd = _open_folder(folder)
+    try:
+        for version in sorted(ups):
+            migration_name, filename, fmt = ups[version]
+            # _read_bytes and read_text, inline.
+            try:
+                if folder_fd is None:
+                    fd = os_open(os.path.join(folder, filename), _READ_FLAGS)
+                else:
+                    fd = os_open(filename, _READ_FLAGS, dir_fd=folder_fd)
+                try:
+                    data = os_read(fd, _SMALL)
+                    if len(data) >= _SMALL:
+                        data = _read_rest(fd, data)
+                finally:
+                    os_close(fd)
+            except OSError as exc:
+                raise InvalidMigrationsError(
+                    f"cannot read: {exc.strerror or exc}", set_name=name, file=filename
+                ) from exc
+            digest = sha256(data).hexdigest()
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                text = _decode(data, name, filename)  # raises, naming the line
+            del data
+            if text[:1] == "\ufeff":
+                text = text[1:]
+            if "\x00" in text:
+                _check_no_nul(text, name, filename)  # raises
+            if not text or text.isspace():
+                raise InvalidMigrationsError("file is empty", set_name=name, file=filename)
+            down = downs.get(version)
             migrations.append(
-                _load_golang(name, folder, version, migration_name, path, down and down[1])
+                new_migration(
+                    version,
+                    migration_name,
+                    filename,
+                    folder,
+                    fmt,
+                    digest,
+                    name,
+                    down and down[1],
+                    text,
+                )
             )
-        else:
-            migrations.append(_load_dbmate(name, folder, version, migration_name, path))
+    finally:
+        if folder_fd is not None:
+            os_close(folder_fd)
     return MigrationSet(name=name, path=folder, migrations=tuple(migrations))
+
+
+def _open_folder(folder: Path) -> int | None:
+    """A descriptor of `folder` to open its files relative to, or None to use paths."""
+    if not _OPEN_IN_FOLDER:
+        return None
+    try:
+        return os.open(folder, _DIR_FLAGS)
+    except OSError:
+        return None  # each file then fails (or not) on its own, as it would by path
 
 
 def _parse_version(digits: str, set_name: str, filename: str) -> int:
@@ -301,54 +391,71 @@ _SMALL = 1 << 16
 
 def _read_bytes(path: str | os.PathLike[str]) -> bytes:
     """A file's bytes through os.open/os.read: a third of the cost of open(), which builds
-    a FileIO and a buffer per file (10,000 files per run), and one read for a small file.
-    A big one is read in one piece of its size, not gathered in chunks and joined."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    a FileIO and a buffer per file, and one read for a small file."""
+    fd = os.open(path, _READ_FLAGS)
     try:
         data = os.read(fd, _SMALL)
-        if len(data) < _SMALL:
-            return data
-        size = os.fstat(fd).st_size
-        os.lseek(fd, 0, os.SEEK_SET)
-        data = os.read(fd, size + 1)
-        while more := os.read(fd, _SMALL):  # it grew meanwhile
-            data += more
-        return data
+        return data if len(data) < _SMALL else _read_rest(fd, data)
     finally:
         os.close(fd)
 
 
+def _read_rest(fd: int, start: bytes) -> bytes:
+    """The whole file, of which `start` is the first read: a big file is read again in one
+    piece of its size, not gathered in chunks and joined."""
+    size = os.fstat(fd).st_size
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, size + 1)
+    while more := os.read(fd, _SMALL):  # it grew meanwhile
+        data += more
+    return data
+
+
 def read_text(path: str | os.PathLike[str], set_name: str) -> tuple[str, str]:
     """Return (sha256 hex of the exact bytes, text) of a migration file."""
+    filename = os.path.basename(path)
     try:
         data = _read_bytes(path)
     except OSError as exc:
         raise InvalidMigrationsError(
-            f"cannot read: {exc.strerror or exc}", set_name=set_name, file=os.path.basename(path)
+            f"cannot read: {exc.strerror or exc}", set_name=set_name, file=filename
         ) from exc
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = _decode(data, set_name, filename)
+    del data
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if "\x00" in text:
+        _check_no_nul(text, set_name, filename)
+    return digest, text
+
+
+def _decode(data: bytes, set_name: str, filename: str) -> str:
+    """`data` as UTF-8, or an error naming the line of the first byte that is not."""
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise InvalidMigrationsError(
             f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})",
             set_name=set_name,
-            file=os.path.basename(path),
+            file=filename,
             line=line,
         ) from None
-    del data
-    if text.startswith("\ufeff"):
-        text = text[1:]
+
+
+def _check_no_nul(text: str, set_name: str, filename: str) -> None:
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise InvalidMigrationsError(
             "contains a NUL character; is it a binary file?",
             set_name=set_name,
-            file=os.path.basename(path),
+            file=filename,
             line=line,
         )
-    return digest, text
 
 
 def _parse_options(raw: str, set_name: str, filename: str, line: int) -> bool:
@@ -366,35 +473,6 @@ def _parse_options(raw: str, set_name: str, filename: str, line: int) -> bool:
             )
         transaction = value == "true"
     return transaction
-
-
-def _require_sql(text: str, set_name: str, filename: str) -> None:
-    if not text.strip():
-        raise InvalidMigrationsError("file is empty", set_name=set_name, file=filename)
-
-
-def _load_golang(
-    set_name: str,
-    folder: Path,
-    version: int,
-    name: str,
-    up_path: FoundFile,
-    down_path: FoundFile | None,
-) -> Migration:
-    digest, up_text = read_text(up_path.path, set_name)
-    _require_sql(up_text, set_name, up_path.name)
-    down_file = down_path.name if down_path else None
-    return _new_migration(
-        version,
-        name,
-        up_path.name,
-        folder,
-        "golang-migrate",
-        digest,
-        set_name,
-        down_file,
-        [up_text],
-    )
 
 
 def _golang_sections(migration: Migration, up_text: str) -> tuple[Section, Section | None]:
@@ -424,17 +502,6 @@ def _directive_transaction(text: str, set_name: str, filename: str) -> bool:
         return True
     line = text.count("\n", 0, match.start()) + 1
     return _parse_options(match["options"], set_name, filename, line)
-
-
-def _load_dbmate(
-    set_name: str, folder: Path, version: int, name: str, path: FoundFile
-) -> Migration:
-    digest, text = read_text(path.path, set_name)
-    if not text.strip():
-        raise InvalidMigrationsError("file is empty", set_name=set_name, file=path.name)
-    return _new_migration(
-        version, name, path.name, folder, "dbmate", digest, set_name, None, [text]
-    )
 
 
 def _dbmate_sections(set_name: str, filename: str, text: str) -> tuple[Section, Section]:

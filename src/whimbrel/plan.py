@@ -8,7 +8,7 @@ from typing import Literal
 
 from whimbrel._fast import builder
 from whimbrel.discovery import Migration, MigrationSet
-from whimbrel.drivers.base import TrackingRow
+from whimbrel.drivers.base import APPLIED, TrackingRow
 
 Status = Literal["applied", "pending", "modified", "missing", "dirty"]
 
@@ -82,6 +82,41 @@ _new_state = builder(MigrationState)  # MigrationState(version, status, migratio
 
 def compare(migration_set: MigrationSet, rows: list[TrackingRow] | None) -> SetState:
     """`rows` is None when the set's tracking table does not exist yet."""
+    recorded = {row.version: row for row in rows} if rows else {}
+    new_state = _new_state
+    states = []
+    previous = -1
+    # Discovery gives the files in version order; a recorded row is taken off as its file
+    # comes by, so what is left is the rows without a file. One pass, no property calls:
+    # this runs once per migration (10,000 per run).
+    for migration in migration_set.migrations:
+        version = migration.version
+        if version <= previous:  # not from discovery: out of order or a version twice
+            return _compare_any_order(migration_set, rows)
+        previous = version
+        row = recorded.pop(version, None)
+        status: Status
+        if row is None:
+            status = "pending"
+        elif row.status != APPLIED:  # row.dirty
+            status = "dirty"
+        elif migration.sha256 != row.sha256:
+            status = "modified"
+        else:
+            status = "applied"
+        states.append(new_state(version, status, migration, row))
+    if recorded:
+        for version, row in recorded.items():
+            states.append(new_state(version, "dirty" if row.dirty else "missing", None, row))
+        states.sort(key=_by_version)
+    return SetState(set=migration_set, table_exists=rows is not None, migrations=tuple(states))
+
+
+def _by_version(state: MigrationState) -> int:
+    return state.version
+
+
+def _compare_any_order(migration_set: MigrationSet, rows: list[TrackingRow] | None) -> SetState:
     files = migration_set.by_version()
     recorded = {row.version: row for row in rows or []}
     states = []
