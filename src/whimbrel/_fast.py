@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -26,3 +28,29 @@ def builder(cls: type[T]) -> Callable[..., T]:
     source = f"def build({', '.join(names)}):\n    __o = __new(__cls)\n{body}    return __o\n"
     exec(source, namespace)
     return namespace["build"]  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Run a block without the cyclic garbage collector.
+
+    Discovery and reading the tracking tables build tens of thousands of objects that all
+    live on (a Migration, a row and a state per migration), none in a cycle: the collector
+    would walk them again and again as they pile up (~15 ms for 10,000 migrations).
+    Afterwards they join the oldest generation without a walk, as if they had survived
+    collections; any cycle made meanwhile is freed by the next full collection.
+    """
+    if not gc.isenabled():  # already off, by the caller: leave it so
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        # freeze() then unfreeze() moves every tracked object to the oldest generation in
+        # constant time; not when the program froze objects of its own (before a fork, say),
+        # which unfreeze() would thaw.
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
+        gc.enable()

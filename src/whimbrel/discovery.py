@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from whimbrel._fast import builder
+from whimbrel._fast import builder, paused_gc
 from whimbrel.errors import InvalidMigrationsError
 
 Format = Literal["golang-migrate", "dbmate"]
@@ -127,7 +127,8 @@ def discover(path: str | os.PathLike[str], *, lazy: bool = False) -> list[Migrat
     file (dbmate markers, options, the down file) are parsed when first used, which the
     engine does for every migration it will run before it runs any; otherwise here.
     """
-    sets = _discover(path)
+    with paused_gc():
+        sets = _discover(path)
     if not lazy:
         for migration_set in sets:
             for migration in migration_set.migrations:

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Protocol, overload
 
+from whimbrel._fast import paused_gc
 from whimbrel.discovery import Migration, MigrationSet, Section
 from whimbrel.drivers import Driver, connect
 from whimbrel.drivers.base import (
@@ -169,6 +170,11 @@ def locked(driver: Driver, options: RunOptions, reporter: Reporter) -> Iterator[
 def read_states(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
     """Every set's state in two round trips, whatever the number of sets: one for which
     tracking tables exist (and their columns), one for all their rows."""
+    with paused_gc():  # a row and a state per migration, 10,000 of each: see paused_gc
+        return _read_states(driver, sets)
+
+
+def _read_states(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
     tables = [s.table for s in sets]
     with _context("reading the tracking tables"):
         columns = driver.tables_columns(tables)

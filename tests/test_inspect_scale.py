@@ -1,10 +1,13 @@
-"""inspect's table and comparison, built for 10,000 rows, against straightforward versions
-of both (what they were before they were made fast): same states, same bytes."""
+"""inspect at scale: its table and comparison, built for 10,000 rows, against straightforward
+versions of both (what they were before they were made fast): same states, same bytes; and
+the pause of the garbage collector around discovery and reading the tracking tables."""
 
 from __future__ import annotations
 
+import gc
 import io
 import random
+import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +16,7 @@ import pytest
 
 from conftest import Database, run_cli, write_tree
 from whimbrel import api
+from whimbrel._fast import paused_gc
 from whimbrel.discovery import MigrationSet, discover
 from whimbrel.drivers.base import TrackingRow, tracking_row
 from whimbrel.output import print_inspect
@@ -223,3 +227,44 @@ def test_empty_and_single_sets_render(count: int, tmp_path: Path) -> None:
     written = io.StringIO()
     print_inspect(states, written)
     assert written.getvalue() == reference_table(states)
+
+
+def test_paused_gc_restores_the_collector_as_it_found_it() -> None:
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), paused_gc():
+        assert not gc.isenabled()
+        raise RuntimeError
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # the caller turned it off: it stays off
+    finally:
+        gc.enable()
+    # What the program froze stays frozen.
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with paused_gc():
+            made = [[] for _ in range(1000)]
+        assert gc.get_freeze_count() == frozen and len(made) == 1000
+    finally:
+        gc.unfreeze()
+
+
+def test_objects_made_while_paused_are_still_collected() -> None:
+    """A cycle made while the collector is paused is garbage the next full collection frees."""
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+
+    collected = []
+    with paused_gc():
+        node = Node()
+        weakref.finalize(node, collected.append, True)
+        del node
+    assert not collected
+    gc.collect()
+    assert collected == [True]
