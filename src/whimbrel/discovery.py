@@ -7,6 +7,7 @@ like a migration must follow the rules, or discovery fails before anything runs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -26,9 +27,19 @@ SAFE_SET_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 _GOLANG_NAME = re.compile(r"(?P<version>[0-9]+)_(?P<name>.+)\.(?P<direction>up|down)\.sql")
 _DBMATE_NAME = re.compile(r"(?P<version>[0-9]+)(?:_(?P<name>.+))?\.sql")
-_UP_MARKER = re.compile(r"^--[ \t]*migrate:up(?=[ \t\r]|$)(?P<options>[^\n]*)$", re.MULTILINE)
-_DOWN_MARKER = re.compile(r"^--[ \t]*migrate:down(?=[ \t\r]|$)(?P<options>[^\n]*)$", re.MULTILINE)
-_WHIMBREL_DIRECTIVE = re.compile(r"^--[ \t]*whimbrel:(?P<options>[^\n]*)$", re.MULTILINE)
+
+
+@functools.cache
+def _markers() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """dbmate's -- migrate:up and -- migrate:down, and whimbrel's -- whimbrel: directive;
+    compiled when a file's sections are first parsed, which most runs never do."""
+    return (
+        re.compile(r"^--[ \t]*migrate:up(?=[ \t\r]|$)(?P<options>[^\n]*)$", re.MULTILINE),
+        re.compile(r"^--[ \t]*migrate:down(?=[ \t\r]|$)(?P<options>[^\n]*)$", re.MULTILINE),
+        re.compile(r"^--[ \t]*whimbrel:(?P<options>[^\n]*)$", re.MULTILINE),
+    )
+
+
 _KNOWN_OPTIONS = {"transaction": {"true", "false"}}
 
 
@@ -498,7 +509,7 @@ def _golang_sections(migration: Migration, up_text: str) -> tuple[Section, Secti
 
 def _directive_transaction(text: str, set_name: str, filename: str) -> bool:
     # golang-migrate has no per-file options; whimbrel reads `-- whimbrel: transaction:false`.
-    match = _WHIMBREL_DIRECTIVE.search(text)
+    match = _markers()[2].search(text)
     if match is None:
         return True
     line = text.count("\n", 0, match.start()) + 1
@@ -506,8 +517,9 @@ def _directive_transaction(text: str, set_name: str, filename: str) -> bool:
 
 
 def _dbmate_sections(set_name: str, filename: str, text: str) -> tuple[Section, Section]:
-    ups = list(_UP_MARKER.finditer(text))
-    downs = list(_DOWN_MARKER.finditer(text))
+    up_regex, down_regex, _ = _markers()
+    ups = list(up_regex.finditer(text))
+    downs = list(down_regex.finditer(text))
     if not ups:
         raise InvalidMigrationsError(
             "no '-- migrate:up' section (a dbmate migration needs '-- migrate:up' and "

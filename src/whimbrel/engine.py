@@ -10,6 +10,7 @@ its statement counter advances after every statement, so a failure can be resume
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -290,30 +291,44 @@ def check_safe(
 
 # -- preparing steps --------------------------------------------------------------------
 # Statements whimbrel cannot run faithfully, refused before anything runs.
-_UNSUPPORTED: dict[str, tuple[re.Pattern[str], str]] = {
+_UNSUPPORTED: dict[str, tuple[str, int, str]] = {
     "postgres": (
-        re.compile(r"copy\b.*\b(?:from\s+stdin|to\s+stdout)\b", re.IGNORECASE | re.DOTALL),
+        r"copy\b.*\b(?:from\s+stdin|to\s+stdout)\b",
+        re.IGNORECASE | re.DOTALL,
         "COPY ... FROM STDIN / TO STDOUT needs psql's client-side data handling; "
         "use INSERT, or COPY from a file on the server",
     ),
     "mysql": (
-        re.compile(r"(?:/\*M?!\d*\s*)?lock\s+tables?\b", re.IGNORECASE),
+        r"(?:/\*M?!\d*\s*)?lock\s+tables?\b",
+        re.IGNORECASE,
         "LOCK TABLES would lock whimbrel out of its own tracking table; remove LOCK and "
         "UNLOCK TABLES (a migration already runs alone, under whimbrel's lock)",
     ),
 }
 # CREATE TABLE/VIEW of an unqualified name, to catch a set creating its own tracking table.
-_CREATES_RELATION = re.compile(
+_CREATES_RELATION = (
     r"create\s+(?:or\s+replace\s+)?(?:(?:global|local)\s+)?(?:temp(?:orary)?\s+|unlogged\s+)?"
     r"(?:table|view|materialized\s+view)\s+(?:if\s+not\s+exists\s+)?"
-    r"(?P<name>[`\"\[]?\w+[`\"\]]?)(?!\s*\.)",
-    re.IGNORECASE,
+    r"(?P<name>[`\"\[]?\w+[`\"\]]?)(?!\s*\.)"
 )
 # Statements that may change the session for the migrations after them (mysqldump writes
 # them as executable comments: /*!40101 SET NAMES utf8 */).
-_SESSION_STATEMENT = re.compile(
-    r"(?:/\*M?!\d*\s*)?(?:set|reset|use|pragma|attach|detach|call)\b", re.IGNORECASE
-)
+_SESSION_STATEMENT = r"(?:/\*M?!\d*\s*)?(?:set|reset|use|pragma|attach|detach|call)\b"
+
+
+_Checks = tuple[re.Pattern[str], re.Pattern[str], tuple[re.Pattern[str], str] | None]
+
+
+@functools.cache
+def _checks(dialect: str) -> _Checks:
+    """prepare()'s regexes for `dialect`: (creates a relation, changes the session,
+    (unsupported, why) or None), compiled when it first runs rather than at every start."""
+    unsupported = _UNSUPPORTED.get(dialect)
+    return (
+        re.compile(_CREATES_RELATION, re.IGNORECASE),
+        re.compile(_SESSION_STATEMENT, re.IGNORECASE),
+        (re.compile(unsupported[0], unsupported[1]), unsupported[2]) if unsupported else None,
+    )
 
 
 class StatementList(Sequence["Statement"]):
@@ -382,13 +397,15 @@ def prepare(step: Step, dialect: Dialect, atomic_possible: Callable[[Sequence[st
     control = set()
     atomic = section.transaction
     changes_session = False
-    refusal = _UNSUPPORTED.get(dialect)
+    creates_relation_regex, session_statement_regex, refusal = _checks(dialect)
+    creates_relation = creates_relation_regex.match
+    session_statement = session_statement_regex.match
     try:
         for index, statement in enumerate(
             iter_statements(section.sql, dialect, line_offset=section.line_offset)
         ):
             text = statement.text
-            created = _CREATES_RELATION.match(text)
+            created = creates_relation(text)
             if created and created["name"].strip('`"[]').lower() == step.set_name:
                 raise InvalidMigrationsError(
                     f"creates a table or view named {step.set_name!r}, which is the name of "
@@ -407,7 +424,7 @@ def prepare(step: Step, dialect: Dialect, atomic_possible: Callable[[Sequence[st
             # `atomic_possible` holds for a list when it holds for each statement of it.
             atomic = atomic and atomic_possible([text])
             changes_session = changes_session or bool(
-                _SESSION_STATEMENT.match(text) or "set_config" in text.lower()
+                session_statement(text) or "set_config" in text.lower()
             )
             statements.append(statement)
     except SplitError as exc:

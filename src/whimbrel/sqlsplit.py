@@ -29,6 +29,8 @@ expressions, whose top-level alternatives all start with a literal character so
 that the regex engine can skip uninteresting text at C speed, jump from one
 interesting token to the next; quoted strings are consumed whole by the regex
 engine.  Line numbers are counted incrementally between statement starts.
+The regexes are compiled on first use, for the dialect at hand only (all of them
+take ~10 ms to compile, which a run would pay at every start).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, Literal, get_args
 
 __all__ = [
@@ -129,15 +131,15 @@ _LITE_LINE_COMMENT = r"--[^\n]*(?![^\n])"
 _MY_LINE_COMMENT = r"(?:--(?=[\x00-\x20\x7f]|\Z)|\#)[^\n]*(?![^\n])"
 
 # Whitespace and comments only (used with fullmatch between a ';' and an END).
-_PG_BLANK = re.compile(rf"\s*(?:(?:{_PG_LINE_COMMENT}|{_c_comment()})\s*){{0,64}}")
+_PG_BLANK = rf"\s*(?:(?:{_PG_LINE_COMMENT}|{_c_comment()})\s*){{0,64}}"
 
 
 def _my_blank() -> str:
     return rf"\s*(?:(?:{_MY_LINE_COMMENT}|{_my_c_comment()})\s*){{0,64}}"
 
 
-_MY_BLANK = re.compile(_my_blank())
-_LITE_BLANK = re.compile(rf"\s*(?:(?:{_LITE_LINE_COMMENT}|{_c_comment()})\s*){{0,64}}")
+_MY_BLANK = _my_blank()
+_LITE_BLANK = rf"\s*(?:(?:{_LITE_LINE_COMMENT}|{_c_comment()})\s*){{0,64}}"
 
 _IDENT_END = rf"(?!{_IDC})"
 
@@ -157,7 +159,7 @@ def _my_sep() -> str:
     return rf"(?:\s*(?:{_MY_LINE_COMMENT}|{_my_c_comment()}|/\*M?!\d*|\*/)){{0,64}}\s*"
 
 
-_PG_HEAD = re.compile(
+_PG_HEAD = (
     rf"(?i:create){_pg_sep()}(?:(?i:or){_pg_sep()}(?i:replace){_pg_sep()})?"
     rf"(?i:function|procedure|rule){_IDENT_END}"
 )
@@ -169,7 +171,7 @@ _MY_DEFINER = (
     rf"(?i:definer)\s*=\s*(?:(?i:current_user)(?:\s*\(\s*\))?{_IDENT_END}"
     rf"|{_MY_USER_PART}(?:\s*@\s*{_MY_USER_PART})?)"
 )
-_MY_HEAD = re.compile(
+_MY_HEAD = (
     rf"(?:/\*M?!\d*\s*)?(?i:create){_IDENT_END}{_my_sep()}"
     rf"(?:(?i:or){_IDENT_END}{_my_sep()}(?i:replace){_IDENT_END}{_my_sep()})?"
     rf"(?:{_MY_DEFINER}{_my_sep()})?"
@@ -180,16 +182,22 @@ _MY_HEAD = re.compile(
     rf"|(?i:begin){_IDENT_END}{_my_sep()}(?i:not){_IDENT_END}{_my_sep()}"
     rf"(?i:atomic){_IDENT_END}"
 )
-_LITE_HEAD = re.compile(
+_LITE_HEAD = (
     rf"(?:(?i:explain){_lite_sep()}(?:(?i:query){_lite_sep()}(?i:plan){_lite_sep()})?)?"
     rf"(?i:create){_lite_sep()}(?:(?i:temp|temporary){_lite_sep()}){{0,64}}"
     rf"(?i:trigger){_IDENT_END}"
 )
 
-# mysql client DELIMITER command at the start of a line.
-_MY_DL = re.compile(r"\n[ \t]*(?i:delimiter)(?=\s|\Z)")
-_MY_DL_FIRST = re.compile(r"[ \t]*(?i:delimiter)(?=\s|\Z)")
-_MY_DL_ARG = re.compile(r"[ \t]*(\S*)")
+
+@cache
+def _my_delimiter_lines() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """The mysql client's DELIMITER command: at the start of a line, at the start of the
+    text, and its argument."""
+    return (
+        re.compile(r"\n[ \t]*(?i:delimiter)(?=\s|\Z)"),
+        re.compile(r"[ \t]*(?i:delimiter)(?=\s|\Z)"),
+        re.compile(r"[ \t]*(\S*)"),
+    )
 
 
 def _keyword(word: str, rest: str, not_after: str) -> list[str]:
@@ -317,44 +325,54 @@ def _my_regex(delimiter: str) -> re.Pattern[str]:
     return re.compile("|".join(_my_tokens(delimiter)))
 
 
-@dataclass(frozen=True, slots=True)
 class _Spec:
-    normal: re.Pattern[str]
-    routine: re.Pattern[str]
-    head: re.Pattern[str]  # start of a compound (routine) statement
-    head_chars: str  # the characters such a head can start with
-    blank: re.Pattern[str]
-    mode: int  # routine mode: 1 = BEGIN/CASE/END depth, 2 = sqlite3_complete rule
+    """A dialect's token regexes; those for routine statements are compiled when a file
+    first has one (~2 ms)."""
+
+    __slots__ = ("_routine", "blank_source", "dialect", "head", "head_chars", "mode", "normal")
+    _routine: tuple[re.Pattern[str], re.Pattern[str]] | None
+
+    def __init__(
+        self,
+        dialect: str,
+        normal: re.Pattern[str],
+        head_source: str,  # start of a compound (routine) statement
+        head_chars: str,  # the characters such a head can start with
+        blank_source: str,
+        mode: int,  # routine mode: 1 = BEGIN/CASE/END depth, 2 = sqlite3_complete rule
+    ) -> None:
+        self.dialect = dialect
+        self.normal = normal
+        self.head = re.compile(head_source)
+        self.head_chars = head_chars
+        self.blank_source = blank_source
+        self.mode = mode
+        self._routine = None
+
+    def routine(self) -> tuple[re.Pattern[str], re.Pattern[str]]:
+        """(tokens inside a routine statement, whitespace and comments only)."""
+        if self._routine is None:
+            tokens = {
+                "postgres": _PG_TOKENS + _PG_BLOCK_KEYWORDS,
+                "mysql": _my_tokens(";") + _MY_BLOCK_KEYWORDS,
+                "sqlite": _LITE_TOKENS + _LITE_KEYWORDS,
+            }[self.dialect]
+            self._routine = (re.compile("|".join(tokens)), re.compile(self.blank_source))
+        return self._routine
 
 
-_SPECS: dict[str, _Spec] = {
-    "postgres": _Spec(
-        normal=re.compile("|".join(_PG_TOKENS)),
-        routine=re.compile("|".join(_PG_TOKENS + _PG_BLOCK_KEYWORDS)),
-        head=_PG_HEAD,
-        head_chars="cC",
-        blank=_PG_BLANK,
-        mode=1,
-    ),
-    "mysql": _Spec(
-        normal=_my_regex(";"),
-        routine=re.compile("|".join(_my_tokens(";") + _MY_BLOCK_KEYWORDS)),
-        head=_MY_HEAD,
-        head_chars="cCbB",
-        blank=_MY_BLANK,
-        mode=1,
-    ),
-    "sqlite": _Spec(
-        normal=re.compile("|".join(_LITE_TOKENS)),
-        routine=re.compile("|".join(_LITE_TOKENS + _LITE_KEYWORDS)),
-        head=_LITE_HEAD,
-        head_chars="cCeE",
-        blank=_LITE_BLANK,
-        mode=2,
-    ),
-}
+@cache
+def _spec(dialect: str) -> _Spec:
+    """The regexes of one dialect, compiled on first use (a run uses one dialect)."""
+    if dialect == "postgres":
+        return _Spec(dialect, re.compile("|".join(_PG_TOKENS)), _PG_HEAD, "cC", _PG_BLANK, 1)
+    if dialect == "mysql":
+        # _my_regex(";"): the same object as for a file that sets DELIMITER ; again
+        return _Spec(dialect, _my_regex(";"), _MY_HEAD, "cCbB", _MY_BLANK, 1)
+    return _Spec(dialect, re.compile("|".join(_LITE_TOKENS)), _LITE_HEAD, "cCeE", _LITE_BLANK, 2)
 
 
+@cache
 def _quoted_body(quote: str, backslash: bool) -> Callable[[str, int], re.Match[str] | None]:
     """Matcher for the body of a quoted string (slow path, for many escapes).
 
@@ -367,25 +385,19 @@ def _quoted_body(quote: str, backslash: bool) -> Callable[[str, int], re.Match[s
     return re.compile(rf"[^{q}]*(?:{q}{q}[^{q}]*){{0,512}}").match
 
 
-_QUOTED_BODY = {(q, b): _quoted_body(q, b) for q in ("'", '"', "`") for b in (False, True)}
-
-_PG_COMMENT_DELIMS = re.compile(r"/\*|\*/")
-
-_TXN: dict[str, re.Pattern[str]] = {
-    "postgres": re.compile(
+_TXN: dict[str, str] = {
+    "postgres": (
         rf"(?i:begin(?!\s+atomic(?!{_IDC}))|start\s+transaction|commit|end|abort"
         rf"|rollback(?!\s+(?:(?:work|transaction)\s+)?to(?!{_IDC}))"
         rf"|prepare\s+transaction)(?!{_IDC})"
     ),
-    "mysql": re.compile(
+    "mysql": (
         rf"(?:/\*M?!\d*\s*)?"
         rf"(?i:begin(?!\s+not\s+atomic(?!{_IDC}))|start\s+transaction|commit"
         rf"|rollback(?!\s+(?:work\s+)?to(?!{_IDC}))"
         rf"|set\s+(?:(?:session|local)\s+|@@(?:session\.|local\.)?)?autocommit)(?!{_IDC})"
     ),
-    "sqlite": re.compile(
-        rf"(?i:begin|commit|end|rollback(?!\s+(?:transaction\s+)?to(?!{_IDC})))(?!{_IDC})"
-    ),
+    "sqlite": (rf"(?i:begin|commit|end|rollback(?!\s+(?:transaction\s+)?to(?!{_IDC})))(?!{_IDC})"),
 }
 
 
@@ -422,7 +434,16 @@ _EXPRESSION_WORDS = frozenset({
     "into", "update", "having", "distinct", "like", "between", "div", "mod", "interval",
     "limit", "when",
 })  # fmt: skip
-_LAST_WORD = re.compile(r"[A-Za-z]+\Z")
+
+
+@cache
+def _txn(dialect: str) -> re.Pattern[str]:
+    return re.compile(_TXN[dialect])
+
+
+@cache
+def _last_word() -> re.Pattern[str]:
+    return re.compile(r"[A-Za-z]+\Z")
 
 
 def _significant_end(sql: str, start: int, end: int, comment_end: int, comment_sig: int) -> int:
@@ -442,7 +463,7 @@ def _word_before(sql: str, end: int) -> str:
     """The (lower-cased) ASCII word that ends at ``end``, or ""."""
     if not sql[end - 1].isalpha():
         return ""
-    m = _LAST_WORD.search(sql, max(0, end - 12), end)  # longer words are no keywords
+    m = _last_word().search(sql, max(0, end - 12), end)  # longer words are no keywords
     if m is None:
         return ""
     i = m.start()  # the word must be whole: not x.then, @do, my_loop
@@ -487,7 +508,7 @@ def _is_ident_char(ch: str) -> bool:
 
 def _scan_quoted(sql: str, start: int, quote: str, backslash: bool) -> int:
     """End (just after the closing quote) of the quoted text opened at ``start``, or -1."""
-    body = _QUOTED_BODY[(quote, backslash)]
+    body = _quoted_body(quote, backslash)
     n = len(sql)
     p = start + 1
     while True:
@@ -510,7 +531,7 @@ def _pg_comment_end(sql: str, start: int) -> int:
     """End of the (nesting) PostgreSQL block comment opened at ``start``, or -1."""
     depth = 1
     p = start + 2
-    search = _PG_COMMENT_DELIMS.search
+    search = re.compile(r"/\*|\*/").search  # (re caches it)
     while True:
         m = search(sql, p)
         if m is None:
@@ -536,7 +557,7 @@ def _quote_name(quote: str, dialect: str) -> str:
 
 def _delimiter_line(sql: str, keyword_end: int, line_offset: int) -> tuple[str, int]:
     """Parse a mysql ``DELIMITER`` line; return the new delimiter and the line's end."""
-    m = _MY_DL_ARG.match(sql, keyword_end)
+    m = _my_delimiter_lines()[2].match(sql, keyword_end)
     arg = m.group(1) if m is not None else ""
     if not arg:
         raise SplitError(
@@ -574,7 +595,7 @@ def iter_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> Iter
     what it needs of each (its offsets, say) never holds every statement's text at once.
     A :class:`SplitError` comes when the scan reaches it."""
     _check_dialect(dialect)
-    spec = _SPECS[dialect]
+    spec = _spec(dialect)
     pg = dialect == "postgres"
     mysql = dialect == "mysql"
     n = len(sql)
@@ -582,8 +603,8 @@ def iter_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> Iter
     nonws = _NONWS.search
     head = spec.head.match
     head_chars = spec.head_chars  # first characters of a routine head ("" = none)
-    blank = spec.blank.fullmatch
-    routine_search = spec.routine.search
+    blank: Callable[[str, int, int], re.Match[str] | None] | None = None  # in routines
+    routine_search = None  # compiled when a routine statement first comes
     normal_search = spec.normal.search
     search = normal_search
     routine_mode = spec.mode
@@ -609,9 +630,11 @@ def iter_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> Iter
 
     never = n + 1
     dl_nl = never  # offset of the '\n' before the next DELIMITER line (mysql)
+    delimiter_line = _NONWS  # mysql only: elsewhere dl_nl stays past the end, never read
     if mysql:
         dl_nl = -1
-        first = _MY_DL_FIRST.match(sql, pos)
+        delimiter_line, first_delimiter_line, _ = _my_delimiter_lines()
+        first = first_delimiter_line.match(sql, pos)
         if first is not None:
             delim, pos = _delimiter_line(sql, first.end(), line_offset)
             d0, dlen = delim[0], len(delim)
@@ -621,7 +644,7 @@ def iter_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> Iter
 
     while True:
         if dl_nl < pos:
-            dm = _MY_DL.search(sql, pos)
+            dm = delimiter_line.search(sql, pos)
             dl_nl = never if dm is None else dm.start()
         m = search(sql, pos)
         if m is None:
@@ -630,7 +653,7 @@ def iter_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> Iter
             ts, te = m.span()
 
         if dl_nl < ts:  # a DELIMITER line, outside quotes and comments
-            dm = _MY_DL.match(sql, dl_nl)
+            dm = delimiter_line.match(sql, dl_nl)
             assert dm is not None
             if stmt_start >= 0 or nonws(sql, pos, dl_nl) is not None:
                 raise SplitError(
@@ -659,6 +682,9 @@ def iter_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> Iter
                     # a compound (routine) statement starts here
                     pos = stmt_start
                     mode = routine_mode
+                    if routine_search is None:
+                        routine, blank_regex = spec.routine()
+                        routine_search, blank = routine.search, blank_regex.fullmatch
                     search = routine_search
                     stack.clear()
                     parens = 0
@@ -678,10 +704,12 @@ def iter_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> Iter
                     if stack or parens:
                         last_semi = te
                         continue
-                elif end_ok < 0 or blank(sql, end_ok, ts) is None:
-                    last_semi = te
-                    end_ok = -1
-                    continue
+                else:
+                    assert blank is not None  # compiled with the routine regexes
+                    if end_ok < 0 or blank(sql, end_ok, ts) is None:
+                        last_semi = te
+                        end_ok = -1
+                        continue
                 mode = 0
                 search = normal_search
             text = sql[stmt_start:ts].rstrip()
@@ -737,6 +765,9 @@ def iter_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> Iter
                     if head_chars and head(sql, ts) is not None:  # /*!50003 CREATE*/ ...
                         pos = ts
                         mode = routine_mode
+                        if routine_search is None:
+                            routine, blank_regex = spec.routine()
+                            routine_search, blank = routine.search, blank_regex.fullmatch
                         search = routine_search
                         stack.clear()
                         parens = 0
@@ -784,6 +815,7 @@ def iter_statements(sql: str, dialect: Dialect, *, line_offset: int = 0) -> Iter
             pass
         elif mode == 2:
             # sqlite3_complete(): remember an END that directly follows a ';'
+            assert blank is not None  # compiled with the routine regexes
             directly = last_semi >= 0 and blank(sql, last_semi, ts) is not None
             end_ok = te if directly else -1
         elif c == "b" or c == "B" or c == "c" or c == "C":
@@ -889,4 +921,4 @@ def is_transaction_control(statement: Statement, dialect: Dialect) -> bool:
     SQLite: BEGIN, COMMIT, END, ROLLBACK (not ROLLBACK TO).
     """
     _check_dialect(dialect)
-    return _TXN[dialect].match(statement.text) is not None
+    return _txn(dialect).match(statement.text) is not None
