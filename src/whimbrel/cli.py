@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import signal
 import sys
 from collections.abc import Callable
@@ -959,6 +960,16 @@ def _interrupted(message: str | None) -> NoReturn:
 
 def run() -> None:
     """Entry point: maps every failure to its documented exit code."""
+    try:
+        _run()
+    finally:
+        # The process ends next. Frozen, the objects of the imports and of the run (~100,000)
+        # are left to the OS rather than walked and freed by the interpreter's last garbage
+        # collections: ~6 ms off every command.
+        gc.freeze()
+
+
+def _run() -> None:
     signal.signal(signal.SIGTERM, _stop)
     try:
         main(standalone_mode=False)

@@ -55,6 +55,8 @@ class Section:
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """One migration: its up file (and down file), parsed from its name, and its hash."""
+
     version: int
     name: str
     file: str  # the up file (golang-migrate) or the only file (dbmate)
@@ -97,6 +99,8 @@ _new_migration = builder(Migration)
 
 @dataclass(frozen=True, slots=True)
 class MigrationSet:
+    """A folder of migrations, in version order, with its own tracking table."""
+
     name: str  # also the tracking table's name
     path: Path
     migrations: tuple[Migration, ...]

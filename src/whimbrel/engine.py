@@ -60,6 +60,8 @@ Direction = Literal["up", "down"]
 
 @dataclass(frozen=True)
 class RunOptions:
+    """How a run behaves: timeouts, what it may accept, and dry run."""
+
     lock_timeout: float = 60.0
     connect_timeout: float = 10.0
     allow_drift: bool = False
@@ -115,6 +117,8 @@ class Step:
 
 @dataclass(frozen=True)
 class StepOutcome:
+    """What became of one step of a run."""
+
     set_name: str
     version: int
     name: str
@@ -129,6 +133,8 @@ class StepOutcome:
 
 @dataclass
 class RunResult:
+    """What an apply or revert run did, step by step."""
+
     command: str
     dry_run: bool
     sets: list[str]

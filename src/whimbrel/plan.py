@@ -15,6 +15,8 @@ Status = Literal["applied", "pending", "modified", "missing", "dirty"]
 
 @dataclass(frozen=True, slots=True)
 class MigrationState:
+    """A migration as the files and the tracking table together say it stands."""
+
     version: int
     status: Status
     migration: Migration | None  # None when the file is missing
@@ -44,6 +46,8 @@ class MigrationState:
 
 @dataclass(frozen=True, slots=True)
 class SetState:
+    """Every migration of a set, files and tracking rows compared."""
+
     set: MigrationSet
     table_exists: bool
     migrations: tuple[MigrationState, ...]  # by version

@@ -32,6 +32,8 @@ class ManifestCheck:
 
 @dataclass
 class Source:
+    """The sets of a run, where they were found, and the manifests they passed."""
+
     sets: list[MigrationSet]
     root: Path  # the folder discovered (a temporary one for a bundle)
     bundle: str | None = None

@@ -50,6 +50,8 @@ _TABLES_PER_QUERY = 200
 
 @dataclass(frozen=True, slots=True)
 class TrackingRow:
+    """A row of a tracking table, as read."""
+
     version: int
     name: str
     file: str
@@ -85,12 +87,16 @@ class RowValues:
 
 @dataclass(frozen=True, slots=True)
 class InsertRow:
+    """Write `row` into `table`."""
+
     table: str
     row: RowValues
 
 
 @dataclass(frozen=True, slots=True)
 class DeleteRow:
+    """Delete the row of `version` from `table`."""
+
     table: str
     version: int
 
