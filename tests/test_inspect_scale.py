@@ -268,3 +268,25 @@ def test_objects_made_while_paused_are_still_collected() -> None:
     assert not collected
     gc.collect()
     assert collected == [True]
+
+
+def test_rows_are_read_in_version_order_whatever_order_they_were_applied_in(
+    db: Database, tmp_path: Path
+) -> None:
+    """read_rows_many sorts without ORDER BY: rows inserted out of order still come back
+    by version."""
+    tree = tmp_path / "app"
+    write_tree(tree, {"3_c.up.sql": "CREATE TABLE c (id INT);"})
+    assert run_cli("migrations", "apply", str(tree), "--url", db.url).returncode == 0
+    write_tree(tree, {"1_a.up.sql": "CREATE TABLE a (id INT);", "2_b.up.sql": "SELECT 1;"})
+    applied = run_cli("migrations", "apply", str(tree), "--url", db.url, "--allow-out-of-order")
+    assert applied.returncode == 0, applied.stderr
+    from whimbrel.drivers import connect
+    from whimbrel.urls import parse_url
+
+    driver = connect(parse_url(db.url))
+    try:
+        rows = driver.read_rows_many(["app"])["app"]
+    finally:
+        driver.close()
+    assert [row.version for row in rows] == [1, 2, 3]
