@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import random
 import weakref
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from whimbrel import api
 from whimbrel._fast import paused_gc
 from whimbrel.discovery import MigrationSet, discover
 from whimbrel.drivers.base import TrackingRow, tracking_row
-from whimbrel.output import print_inspect
+from whimbrel.output import inspect_json, print_inspect
 from whimbrel.plan import MigrationState, SetState, Status, compare
 
 
@@ -69,6 +70,51 @@ def reference_table(states: Sequence[SetState]) -> str:
 
                 out.write(f"  ! {describe_dirty(m)}\n")
     return out.getvalue()
+
+
+def reference_json(states: Sequence[SetState]) -> str:
+    """inspect -o json as it was written: a dict per migration, then json.dumps."""
+
+    def iso(value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def migration(state: MigrationState) -> dict[str, object]:
+        doc: dict[str, object] = {
+            "version": str(state.version),
+            "name": state.name,
+            "file": state.file,
+            "status": state.status,
+            "sha256": state.sha256,
+            "applied_at": iso(state.applied_at),
+        }
+        row = state.row
+        if row is not None:
+            doc["recorded_sha256"] = row.sha256
+            duration = row.duration_ms
+            doc["duration_ms"] = round(duration, 3) if duration is not None else None
+            doc["applied_by"] = row.applied_by
+        if state.status == "dirty" and row is not None:
+            doc["dirty"] = {
+                "direction": "up" if row.status == "applying" else "down",
+                "statements_done": row.statements_done,
+                "error": row.error,
+            }
+        return doc
+
+    sets = [
+        {
+            "name": state.name,
+            "table": state.set.table,
+            "path": str(state.set.path),
+            "migrations": [migration(m) for m in state.migrations],
+        }
+        for state in states
+    ]
+    return json.dumps({"sets": sets}, indent=2)
 
 
 def reference_compare(
@@ -168,6 +214,10 @@ def test_inspect_table_matches_the_row_by_row_rendering(db: Database, tmp_path: 
     shown = run_cli("migrations", "inspect", str(tree), "--url", db.url)
     assert shown.returncode == 4
     assert shown.stdout == written.getvalue()
+    assert inspect_json(states) == reference_json(states)
+    as_json = run_cli("migrations", "inspect", str(tree), "--url", db.url, "-o", "json")
+    assert as_json.stdout == reference_json(states) + "\n"
+    assert '"dirty": {' in as_json.stdout and '"status": "missing"' in as_json.stdout
 
 
 def test_table_of_times_far_from_now_and_without_zone(tmp_path: Path) -> None:
@@ -290,3 +340,47 @@ def test_rows_are_read_in_version_order_whatever_order_they_were_applied_in(
     finally:
         driver.close()
     assert [row.version for row in rows] == [1, 2, 3]
+
+
+_ODD_TEXT = [
+    *("", "plain", 'quo"te \\ back', "ünï ☃ 𝄞", "line\nbreak\ttab\x01", "\u2028", "</script>"),
+]
+_ODD_FLOATS = [0.0, -1.5, 1e-7, 123456.78951, 1e300, float("nan"), float("inf"), float("-inf")]
+_ODD_TIMES = [
+    datetime(2026, 11, 21, 10, 27, 5, 0, tzinfo=UTC),
+    datetime(2026, 11, 21, 10, 27, 5, 999999),  # naive: UTC
+    datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),  # strftime does not pad the year
+    datetime.fromisoformat("2026-11-21T12:27:05.5+02:00"),
+]
+
+
+def test_inspect_json_matches_json_dumps_for_odd_values(tmp_path: Path) -> None:
+    """Names, errors and who applied with quotes, controls and non-ASCII; NaN and infinite
+    durations; None wherever a column allows it; times far off and without zone."""
+    files = {f"{v}_m{v}.up.sql": f"SELECT {v};" for v in range(1, 12)}
+    (migration_set,) = discover(write_tree(tmp_path / "s", files), lazy=True)
+    rng = random.Random(7)
+    for _ in range(60):
+        rows = []
+        for version in rng.sample(range(1, 16), rng.randrange(0, 15)):
+            values = (
+                "s",
+                version,
+                rng.choice(_ODD_TEXT),
+                rng.choice(_ODD_TEXT) or "f.sql",
+                rng.choice(["x" * 64, *(m.sha256 for m in migration_set.migrations)]),
+                rng.choice(["applied", "applied", "applying", "reverting"]),
+                rng.randrange(0, 3),
+                rng.choice([None, "y" * 64]),
+                rng.choice([None, *_ODD_TEXT]),
+                rng.randrange(0, 2),
+                rng.choice([None, *_ODD_TIMES]),
+                rng.choice([None, *_ODD_FLOATS]),
+                rng.choice([None, *_ODD_TEXT]),
+            )
+            rows.append(tracking_row(values, lambda value: value))  # type: ignore[arg-type,return-value]
+        states = [compare(migration_set, rows or None), compare(migration_set, [])]
+        assert inspect_json(states) == reference_json(states)
+    assert inspect_json([]) == reference_json([])
+    empty = MigrationSet("e", tmp_path / "e", ())
+    assert inspect_json([compare(empty, None)]) == reference_json([compare(empty, None)])

