@@ -296,7 +296,7 @@ def _load_set(name: str, folder: Path, filenames: Iterable[str]) -> MigrationSet
         match = dbmate_name(filename)
         if match is None:
             raise InvalidMigrationsError(_MALFORMED, set_name=name, file=filename)
-        digits = match["version"]
+        digits, migration_name = match.groups()
         version = int(digits)
         if version > MAX_VERSION:
             _parse_version(digits, name, filename)  # raises
@@ -305,7 +305,7 @@ def _load_set(name: str, folder: Path, filenames: Iterable[str]) -> MigrationSet
             raise InvalidMigrationsError(
                 f"duplicate version {version}: {other[1]} and {filename}", set_name=name
             )
-        ups[version] = (match["name"] or "", filename, "dbmate")
+        ups[version] = (migration_name or "", filename, "dbmate")
 
     for version, (down_name, down_file) in downs.items():
         up = ups.get(version)
@@ -353,7 +353,7 @@ def _load_set(name: str, folder: Path, filenames: Iterable[str]) -> MigrationSet
                 ) from exc
             digest = sha256(data).hexdigest()
             try:
-                text = data.decode("utf-8")
+                text = data.decode()  # UTF-8, without naming it: a little faster
             except UnicodeDecodeError:
                 text = _decode(data, name, filename)  # raises, naming the line
             del data
