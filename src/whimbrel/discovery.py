@@ -261,11 +261,11 @@ _OPEN_IN_FOLDER = os.open in os.supports_dir_fd
 def _load_set(name: str, folder: Path, filenames: Iterable[str]) -> MigrationSet:
     """Check the names of a set's files, then read and hash each, in version order.
 
-    This runs once per file of every set (10,000 per run), so it is one plain loop: no
-    helper calls or objects per file beyond the Migration itself.
+    Both loops run once per file (10,000 per run): plain loops, without a helper call or a
+    path object per file.
     """
     validate_set_name(name, folder)
-    # version -> (migration name, up file name, format, down file name or None)
+    # version -> (migration name, file name, format) of up files; (name, file name) of downs
     ups: dict[int, tuple[str, str, Format]] = {}
     downs: dict[int, tuple[str, str]] = {}
     golang_name = _GOLANG_NAME.fullmatch
