@@ -297,8 +297,11 @@ class PostgresDriver(Driver):
 
     def lock_holder(self, key: int = LOCK_KEY) -> str | None:
         unsigned = key & 0xFFFFFFFFFFFFFFFF
+        # The start time as text from the server, in the session's time zone: the same
+        # whichever client reads it.
         rows = self.fetch(
-            "SELECT a.pid, a.application_name, a.usename, a.client_addr, a.backend_start "
+            "SELECT a.pid, a.application_name, a.usename, a.client_addr, "
+            "to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') "
             "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
             "AND l.classid::bigint = %s AND l.objid::bigint = %s "
@@ -307,11 +310,9 @@ class PostgresDriver(Driver):
         )
         if not rows:
             return None
-        pid, app, user, addr, backend_start = rows[0]
-        started = self.to_datetime(backend_start)
-        since = started.strftime("%Y-%m-%d %H:%M:%S %Z") if started is not None else ""
+        pid, app, user, addr, since = rows[0]
         return f"server pid {pid} ({app or 'no application name'}, user {user}, from " + (
-            f"{addr or 'local socket'}, connected {since})"
+            f"{addr or 'local socket'}, connected {since or ''})"
         )
 
     def release_lock(self) -> None:
