@@ -4,6 +4,7 @@ behaviour through either. (Tests marked `both_pg_clients` elsewhere run through 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -394,3 +395,49 @@ def _comparable(rows: list[TrackingRow]) -> list[tuple[object, ...]]:
         )
         for row in rows
     )
+
+
+@both_pg_clients
+@pytest.mark.parametrize("command", ["apply", "revert"])
+def test_ctrl_c_while_connecting_to_a_silent_server_stops_at_once(
+    command: str, tmp_path: Path
+) -> None:
+    """A server that accepts the connection and never answers: Ctrl-C must not wait for
+    --connect-timeout (libpq connects in C, where Python's signal handlers cannot run)."""
+    import socket
+    import threading
+
+    tree = write_tree(tmp_path / "app", {"1_a.up.sql": "SELECT 1;", "1_a.down.sql": "SELECT 1;"})
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])  # and then silence
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"postgresql://app:S3cret@127.0.0.1:{listener.getsockname()[1]}/db"
+    proc = subprocess.Popen(
+        [*whimbrel_executable(), "migrations", command, str(tree), "--url", url,
+         "--connect-timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not accepted:
+            assert time.monotonic() < deadline, "whimbrel never connected"
+            time.sleep(0.01)
+        time.sleep(0.2)  # well inside the connection attempt
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    assert proc.returncode == 130, err
+    assert time.monotonic() - sent < 5
+    assert "S3cret" not in err

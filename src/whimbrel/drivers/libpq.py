@@ -15,7 +15,8 @@ the SQL `PostgresDriver` sends: it overrides only the plumbing (connecting, `_qu
   parameters are rendered as literals. The tracking rows come through `COPY ... TO STDOUT`,
   whose text format escapes every value unambiguously.
 - NOTICEs are dropped, as psycopg drops them when no handler is registered.
-- Connecting is blocking (PQconnectdbParams), bounded by connect_timeout.
+- Connecting is libpq's blocking PQconnectdbParams (connect_timeout applies to each host,
+  as libpq and psql apply it), in a thread, so that a signal interrupts the wait too.
 
 `LibpqReader` is the same driver, read-only, for `inspect` and for `apply` deciding whether
 anything is pending (and waiting for the run lock): anything it cannot do raises
@@ -178,6 +179,37 @@ def libpq_available() -> bool:
     return True
 
 
+def _connectdb(pq: Any, keys: Any, values: Any) -> int | None:
+    """PQconnectdbParams (blocking, with libpq's own connect_timeout for each host), in a
+    thread of its own: the main thread waits in Thread.join(), which a signal interrupts,
+    as it interrupts psycopg's connect. A connection abandoned so is closed once made."""
+    import threading
+
+    made: list[int | None] = []
+    abandoned: list[bool] = []
+    guard = threading.Lock()
+
+    def connect() -> None:
+        conn = pq.PQconnectdbParams(keys, values, 1)  # the GIL is released meanwhile
+        with guard:
+            if abandoned:
+                pq.PQfinish(conn)
+            else:
+                made.append(conn)
+
+    thread = threading.Thread(target=connect, name="whimbrel-connect", daemon=True)
+    thread.start()
+    try:
+        thread.join()
+    except BaseException:
+        with guard:
+            abandoned.append(True)
+            if made:
+                pq.PQfinish(made.pop())
+        raise
+    return made[0]
+
+
 class _Session:
     """One libpq connection: a query in, its results out, without blocking signals."""
 
@@ -188,7 +220,7 @@ class _Session:
         values = (ctypes.c_char_p * (len(keywords) + 1))(
             *[v.encode() for v in keywords.values()], None
         )
-        self._conn: int | None = pq.PQconnectdbParams(keys, values, 1)
+        self._conn: int | None = _connectdb(pq, keys, values)
         if not self._conn:
             raise Unavailable("out of memory")
         if pq.PQstatus(self._conn) != _CONNECTION_OK:
