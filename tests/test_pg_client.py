@@ -29,7 +29,7 @@ from conftest import (
 )
 from whimbrel import drivers
 from whimbrel.drivers.base import TrackingRow
-from whimbrel.drivers.libpq import LibpqDriver, LibpqReader, libpq_available, parse_copy_text
+from whimbrel.drivers.libpq import LibpqDriver, LibpqReader, libpq_available
 from whimbrel.drivers.postgres import PostgresDriver
 from whimbrel.errors import UsageError
 from whimbrel.urls import parse_url
@@ -288,7 +288,7 @@ def test_ctrl_c_during_a_revert_cancels_and_reverts_nothing(
     assert postgres_db.query("SELECT version, status FROM app") == [(1, "applied")]
 
 
-# -- reading tracking rows (COPY text) -----------------------------------------------------
+# -- reading tracking rows -------------------------------------------------------------------
 _NASTY = [
     "",
     "plain",
@@ -307,14 +307,6 @@ _NASTY = [
 ]
 
 
-def test_copy_text_is_parsed_exactly() -> None:
-    text = "t\t1\ta\\tb\t\\N\t\\\\N\tx\\\\\ty\\nz\n" + "u\t2\t\\N\t\\N\tq\t\\b\\f\\v\\r\t\n"
-    assert parse_copy_text(text) == [
-        ["t", "1", "a\tb", None, "\\N", "x\\", "y\nz"],
-        ["u", "2", None, None, "q", "\b\f\v\r", ""],
-    ]
-
-
 def test_tracking_rows_read_the_same_through_libpq_whatever_they_hold(
     postgres_db: Database, tmp_path: Path
 ) -> None:
@@ -324,7 +316,7 @@ def test_tracking_rows_read_the_same_through_libpq_whatever_they_hold(
         "1970-01-01 00:00:00+00",
         "1969-12-31 23:59:59.999999+00",
         "0001-01-01 00:00:00+00",
-        "9999-12-31 23:59:59.999999+00",
+        "9999-12-31 18:29:59.999999+00",  # the latest a session in Asia/Kolkata can show
         "2026-11-21 10:02:11.123456+05:30",
         "2026-03-29 02:30:00.000001+00",
     ]

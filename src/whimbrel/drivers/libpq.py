@@ -11,9 +11,8 @@ the SQL `PostgresDriver` sends: it overrides only the plumbing (connecting, `_qu
   KeyboardInterrupt), interrupt the wait. As psycopg does, the running statement is then
   cancelled on the server and its results drained (for up to 5 s, else the connection is
   closed); a transaction the cancel aborted is rolled back; then the interrupt goes on.
-- Rows come as one JSON document per query (one value to fetch, one `json.loads`);
-  parameters are rendered as literals. The tracking rows come through `COPY ... TO STDOUT`,
-  whose text format escapes every value unambiguously.
+- Rows come as one JSON document per query (one value to fetch, one `json.loads`), which
+  the server escapes whatever the values hold; parameters are rendered as literals.
 - NOTICEs are dropped, as psycopg drops them when no handler is registered.
 - Connecting is libpq's blocking PQconnectdbParams (connect_timeout applies to each host,
   as libpq and psql apply it), in a thread, so that a signal interrupts the wait too.
@@ -34,15 +33,19 @@ import contextlib
 import ctypes
 import json
 import os
-import re
 import select
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import Any, ClassVar, NoReturn
 
-from whimbrel.drivers.base import Driver, LockWaitCallback, TrackingRow, tracking_row
+from whimbrel.drivers.base import (
+    Driver,
+    LockWaitCallback,
+    TrackingRow,
+    tracking_row,
+)
 from whimbrel.drivers.base import FastPathUnavailable as Unavailable
 from whimbrel.drivers.postgres import (
     COPY_STATUSES,
@@ -66,7 +69,6 @@ _CLIENTS = ("auto", "libpq", "psycopg")
 _CONNECTION_OK = 0
 _COMMAND_OK = 1
 _TUPLES_OK = 2
-_COPY_OUT = 3
 _TRANS_ACTIVE = 1
 _TRANS_INERROR = 3
 _TRANS_UNKNOWN = 4
@@ -138,8 +140,6 @@ def _load() -> Any:
             ("PQgetvalue", p, [p, i, i]),
             ("PQgetlength", i, [p, i, i]),
             ("PQclear", None, [p]),
-            ("PQgetCopyData", i, [p, ctypes.POINTER(p), i]),
-            ("PQfreemem", None, [p]),
             ("PQgetCancel", p, [p]),
             ("PQcancel", i, [p, s, i]),
             ("PQfreeCancel", None, [p]),
@@ -265,15 +265,6 @@ class _Session:
             self._cancel()
             raise
 
-    def copy_out(self, query: str) -> tuple[Failure | None, list[bytes]]:
-        """Run `COPY ... TO STDOUT`: its error, or its rows (each a line of COPY text)."""
-        self._send(query)
-        try:
-            return self._copy_rows()
-        except (KeyboardInterrupt, SystemExit):
-            self._cancel()
-            raise
-
     def _send(self, query: str) -> None:
         data = query.encode()
         if b"\0" in data:  # libpq would cut the query there
@@ -378,40 +369,6 @@ class _Session:
             self._pq.PQresultErrorMessage(result),
         )
 
-    def _copy_rows(self) -> tuple[Failure | None, list[bytes]]:
-        pq = self._pq
-        rows: list[bytes] = []
-        failure: Failure | None = None
-        while result := self._next_result():
-            status = pq.PQresultStatus(result)
-            try:
-                if status == FATAL_ERROR:
-                    failure = failure or self._failure(0, result)
-                elif status == _COPY_OUT:
-                    rows = self._copy_data()
-                elif status in COPY_STATUSES:
-                    raise _Lost("the server asked for COPY data")
-            finally:
-                pq.PQclear(result)
-        return failure, rows
-
-    def _copy_data(self, deadline: float | None = None) -> list[bytes]:
-        pq, conn = self._pq, self._conn
-        get, string_at, free = pq.PQgetCopyData, ctypes.string_at, pq.PQfreemem
-        buffer = ctypes.c_void_p()
-        reference = ctypes.byref(buffer)
-        rows: list[bytes] = []
-        while True:
-            length = get(conn, reference, 1)  # async: 0 means wait for more
-            if length > 0:
-                rows.append(string_at(buffer, length))
-                free(buffer)
-            elif length == 0:
-                self._wait(select.POLLIN, deadline)
-                self._consume()
-            else:  # -1: done (the result follows); -2: an error (so does its result)
-                return rows
-
     # -- Ctrl-C -------------------------------------------------------------------------
     def _cancel(self) -> None:
         """After an interrupt, as psycopg's Connection.wait does: cancel the running
@@ -448,9 +405,7 @@ class _Session:
         while result := self._next_result(deadline):
             status = pq.PQresultStatus(result)
             pq.PQclear(result)
-            if status == _COPY_OUT:
-                self._copy_data(deadline)
-            elif status in COPY_STATUSES:  # wants data from us: give up on this session
+            if status in COPY_STATUSES:  # a COPY (in a function): give up on this session
                 raise _Lost("COPY")
 
 
@@ -483,20 +438,12 @@ class LibpqDriver(PostgresDriver):
         message = redact(str(exc), self.url.secrets())
         self._raise(ConnectionFailed(f"lost the connection to {self.url}: {message}"))
 
-    def _run(
-        self, sql: str, params: Sequence[object], conn: Connection | None, *, rows: bool
-    ) -> Any:
-        """Run our own SQL; with `rows`, wrapped so that the rows come as one JSON value.
+    def _run(self, sql: str, conn: Connection | None = None, *, value: bool = False) -> Any:
+        """Run our own SQL; with `value`, return the first value of its last row set.
         Errors as PostgresDriver._query raises them."""
         session = self._session(conn or self.conn)
-        if params:
-            sql = sql % tuple(_param(value) for value in params)
-        if rows:
-            # One JSON document for the whole result: one value to fetch and one C-speed
-            # parse. Each row object becomes the tuple of its values, in column order.
-            sql = f"SELECT coalesce(json_agg(q), '[]') FROM ({sql}) q"
         try:
-            exchange, value = session.exchange(sql, value=rows)
+            exchange, found = session.exchange(sql, value=value)
         except _Lost as exc:
             self._lost(exc)
         if exchange.failure is not None:
@@ -504,28 +451,33 @@ class LibpqDriver(PostgresDriver):
             if session.broken or exchange.failure.sqlstate is None:
                 self._raise(ConnectionFailed(f"lost the connection to {self.url}: {text}"))
             self._raise(DatabaseError(text))
-        if not rows:
-            return None
-        if value is None:
+        if value and found is None:
             self._raise(DatabaseError("the server returned no rows"))
-        return json.loads(value, object_pairs_hook=_values)
+        return found
 
     def _query(
         self, sql: str, params: Sequence[object], conn: Connection | None = None
     ) -> list[tuple[object, ...]]:
-        rows: list[tuple[object, ...]] = self._run(sql, params, conn, rows=True)
+        if params:
+            sql = sql % tuple(_param(value) for value in params)
+        # One JSON document for the whole result: one value to fetch and one C-speed parse.
+        # Each row object becomes the tuple of its values, in column order.
+        document = self._run(f"SELECT coalesce(json_agg(q), '[]') FROM ({sql}) q", conn, value=True)
+        rows: list[tuple[object, ...]] = json.loads(document, object_pairs_hook=_values)
         return rows
 
     def fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
         return self._query(sql, params)
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> None:
-        self._run(sql, params, None, rows=False)
+        if params:
+            sql = sql % tuple(_param(value) for value in params)
+        self._run(sql)
 
     def _wait_for_lock(self, conn: Connection, key: int, timeout_ms: int) -> bool:
         session = self._session(conn)
         try:
-            self._run(f"SET lock_timeout = {timeout_ms}", (), conn, rows=False)
+            self._run(f"SET lock_timeout = {timeout_ms}", conn)
             exchange, _ = session.exchange(f"SELECT pg_advisory_lock({key})")
             if exchange.failure is not None:
                 if exchange.failure.sqlstate == _LOCK_NOT_AVAILABLE:
@@ -539,7 +491,7 @@ class LibpqDriver(PostgresDriver):
             self._raise(DatabaseError(f"waiting for the migration lock: {exc.message}"))
         finally:
             with contextlib.suppress(Exception):
-                self._run("RESET lock_timeout", (), conn, rows=False)
+                self._run("RESET lock_timeout", conn)
         return True
 
     def _exchange(self, query: str) -> Exchange:
@@ -557,65 +509,20 @@ class LibpqDriver(PostgresDriver):
 
     # -- reading the tracking tables ----------------------------------------------------
     def read_rows_many(self, tables: Sequence[str]) -> dict[str, list[TrackingRow]]:
-        """COPY text: the server escapes every value (a backslash, tab, newline, carriage
-        return, backspace, form feed and vertical tab become two characters), so a tab
-        always ends a field, a newline a row, and `\\N` alone is NULL. applied_at comes as
-        microseconds since the epoch: exact, and independent of DateStyle and TimeZone."""
+        # Each row as a JSON array: a third of the text of json_agg(q)'s objects.
         result: dict[str, list[TrackingRow]] = {table: [] for table in tables}
-        session = self._session(self.conn)
         for start in range(0, len(tables), 200):
             selects = [
-                f"SELECT {_literal(table)}, version, name, file, sha256, status, "
-                "statements_done, statements_sha256, error, down_sql IS NOT NULL, "
-                "(EXTRACT(EPOCH FROM applied_at) * 1000000)::bigint, duration_ms, applied_by "
-                f"FROM {self.qualified(table)}"
+                f"SELECT json_build_array({_literal(table)}, version, name, file, sha256, "
+                "status, statements_done, statements_sha256, error, down_sql IS NOT NULL, "
+                f"applied_at, duration_ms, applied_by) AS r FROM {self.qualified(table)}"
                 for table in tables[start : start + 200]
             ]
-            try:
-                failure, lines = session.copy_out(f"COPY ({' UNION ALL '.join(selects)}) TO STDOUT")
-            except _Lost as exc:
-                self._lost(exc)
-            if failure is not None:
-                self._raise(DatabaseError(redact(failure.message, self.url.secrets())))
+            query = f"SELECT coalesce(json_agg(r), '[]') FROM ({' UNION ALL '.join(selects)}) q"
             to_datetime = self.to_datetime
-            for fields in parse_copy_text(b"".join(lines).decode()):
-                fields[9] = fields[9] == "t"
-                microseconds = fields[10]
-                fields[10] = (
-                    _EPOCH + timedelta(microseconds=int(microseconds)) if microseconds else None
-                )
-                result[fields[0]].append(tracking_row(fields, to_datetime))
+            for r in json.loads(self._run(query, value=True)):
+                result[r[0]].append(tracking_row(r, to_datetime))
         return result
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_COPY_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
-_COPY_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
-
-
-def _unescape(match: re.Match[str]) -> str:
-    char = match.group(1)
-    return _COPY_ESCAPES.get(char, char)
-
-
-def _copy_field(field: str) -> str | None:
-    if field == "\\N":
-        return None
-    return _COPY_ESCAPE.sub(_unescape, field) if "\\" in field else field
-
-
-def parse_copy_text(text: str) -> list[list[Any]]:
-    """Rows of COPY's text format (tab-separated, `\\N` for NULL) as lists of str or None."""
-    rows: list[list[Any]] = []
-    for line in text.split("\n")[:-1]:
-        fields: list[Any] = line.split("\t")
-        if "\\" in line:
-            if "\\" in line.replace("\\N", ""):  # an escape: decode each field
-                fields = [_copy_field(field) for field in fields]
-            else:  # only NULLs
-                fields = [None if field == "\\N" else field for field in fields]
-        rows.append(fields)
-    return rows
 
 
 def _values(pairs: list[tuple[str, Any]]) -> tuple[Any, ...]:
