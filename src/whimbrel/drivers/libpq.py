@@ -232,6 +232,8 @@ class _Session:
         pq.PQsetNoticeProcessor(self._conn, _ignore_notice, None)
         pq.PQsetnonblocking(self._conn, 1)
         self._socket = pq.PQsocket(self._conn)
+        self._readable = select.poll()  # the usual wait, made once
+        self._readable.register(self._socket, select.POLLIN)
 
     def close(self) -> None:
         if self._conn:
@@ -290,8 +292,11 @@ class _Session:
 
     def _wait(self, events: int, deadline: float | None = None) -> int:
         """Wait for the socket (Python's poll(): a signal's handler runs, and may raise)."""
-        poller = select.poll()
-        poller.register(self._socket, events)
+        if events == select.POLLIN:
+            poller = self._readable
+        else:
+            poller = select.poll()
+            poller.register(self._socket, events)
         while True:
             timeout = (
                 None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))

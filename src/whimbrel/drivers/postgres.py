@@ -18,6 +18,7 @@ plumbing at the end of this class: connecting, `_query`, `_wait_for_lock`, `_exc
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import re
@@ -132,6 +133,8 @@ class Exchange(NamedTuple):
 
 
 def _literal(value: object) -> str:
+    if type(value) is str:  # the common case first: a tracking row is mostly text
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
     if value is None:
         return "NULL"
     if isinstance(value, bool):
@@ -144,6 +147,9 @@ def _literal(value: object) -> str:
     text = str(value)
     # E'' strings read the same whatever standard_conforming_strings says.
     return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+_identity_literal = functools.lru_cache(maxsize=4)(_literal)  # the same for every row
 
 
 def connection_options(
@@ -405,7 +411,7 @@ class PostgresDriver(Driver):
                 _literal(row.down_sql),
                 "clock_timestamp()",
                 duration,
-                _literal(client_identity()),
+                _identity_literal(client_identity()),
             ]
         )
         return (
