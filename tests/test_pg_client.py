@@ -433,3 +433,32 @@ def test_ctrl_c_while_connecting_to_a_silent_server_stops_at_once(
     assert proc.returncode == 130, err
     assert time.monotonic() - sent < 5
     assert "S3cret" not in err
+
+
+@both_pg_clients
+def test_ctrl_c_in_a_first_run_leaves_no_tracking_table(
+    postgres_db: Database, tmp_path: Path
+) -> None:
+    """The cancelled migration's transaction is rolled back at once, so the clean-up after
+    it works: the session is reset, and the tracking table this run created, which
+    recorded nothing, is dropped."""
+    tree = write_tree(
+        tmp_path / "app", {"1_slow.up.sql": "CREATE TABLE s (id INT);\nSELECT pg_sleep(30);"}
+    )
+    proc = subprocess.Popen(
+        [*whimbrel_executable(), "migrations", "apply", str(tree), "--url", postgres_db.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_sleep(postgres_db)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    assert "nothing of it was applied" in err
+    assert _still_running(postgres_db) == 0
+    assert not {"s", "app"} & postgres_db.tables()

@@ -51,6 +51,8 @@ from whimbrel.drivers.postgres import (
     COPY_STATUSES,
     FATAL_ERROR,
     LOCK_KEY,
+    TRANSACTION_IDLE,
+    TRANSACTION_INERROR,
     Connection,
     Exchange,
     Failure,
@@ -70,7 +72,6 @@ _CONNECTION_OK = 0
 _COMMAND_OK = 1
 _TUPLES_OK = 2
 _TRANS_ACTIVE = 1
-_TRANS_INERROR = 3
 _TRANS_UNKNOWN = 4
 _LOCK_NOT_AVAILABLE = "55P03"
 _CANCEL_WAIT_S = 5.0  # as psycopg: how long the cancelled statement may take to stop
@@ -207,6 +208,8 @@ def _connectdb(pq: Any, keys: Any, values: Any) -> int | None:
             if made:
                 pq.PQfinish(made.pop())
         raise
+    if not made:
+        raise Unavailable("PQconnectdbParams failed")
     return made[0]
 
 
@@ -392,7 +395,7 @@ class _Session:
                     pq.PQfreeCancel(cancel)
             deadline = time.monotonic() + _CANCEL_WAIT_S
             self._drain(deadline)
-            if self.transaction_status == _TRANS_INERROR:
+            if self.transaction_status == TRANSACTION_INERROR:
                 if not pq.PQsendQuery(self._conn, b"ROLLBACK"):
                     raise _Lost(self.error_message())
                 self._flush(deadline)
@@ -434,7 +437,7 @@ class LibpqDriver(PostgresDriver):
         return self._session(self.conn).server_version
 
     def in_transaction(self) -> bool:
-        return self._session(self.conn).transaction_status != 0
+        return self._session(self.conn).transaction_status != TRANSACTION_IDLE
 
     def _raise(self, error: WhimbrelError) -> NoReturn:
         raise error
@@ -549,7 +552,11 @@ class LibpqReader(LibpqDriver):
         self.lock_conn = None
         self.run_lock_holder = None
         self._session_reset = False
-        schema = self.fetch("SELECT current_schema()")[0][0]
+        try:
+            schema = self.fetch("SELECT current_schema()")[0][0]
+        except BaseException:
+            self.close()
+            raise
         if schema is None:
             self.close()
             raise Unavailable("no schema")  # the full driver says why

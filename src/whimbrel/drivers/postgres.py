@@ -70,6 +70,7 @@ _NO_TRANSACTION = re.compile(
 FATAL_ERROR = 7  # ExecStatusType PGRES_FATAL_ERROR
 COPY_STATUSES = frozenset({3, 4, 8})  # PGRES_COPY_OUT, PGRES_COPY_IN, PGRES_COPY_BOTH
 TRANSACTION_IDLE = 0  # PGTransactionStatusType PQTRANS_IDLE
+TRANSACTION_INERROR = 3  # PQTRANS_INERROR: in a transaction that failed
 DIAG_SEVERITY = ord("S")  # PG_DIAG_SEVERITY
 DIAG_SQLSTATE = ord("C")
 DIAG_MESSAGE_PRIMARY = ord("M")
@@ -183,7 +184,11 @@ class PostgresDriver(Driver):
             f"; SET client_connection_check_interval = {CLIENT_CHECK_MS}" if watch else ""
         )
         check = f", set_config('client_connection_check_interval', '{CLIENT_CHECK_MS}', false)"
-        schema = self.fetch("SELECT current_schema()" + (check if watch else ""))[0][0]
+        try:
+            schema = self.fetch("SELECT current_schema()" + (check if watch else ""))[0][0]
+        except BaseException:
+            self.conn.close()
+            raise
         # The session reset that ends every migration, watch setting included.
         self._reset_sql = _RESET_SESSION + self._watch_client
         self._reset_results = self._reset_sql.count(";") + 1  # for counting results
@@ -658,6 +663,14 @@ class PostgresDriver(Driver):
             raise ConnectionFailed(
                 f"lost the connection to {self.url}: {self._text(exc)}"
             ) from None
+        except (KeyboardInterrupt, SystemExit):
+            # Then roll back the transaction the cancel aborted (as LibpqDriver does), so
+            # that the clean-up after it (session reset, dropping an empty tracking table
+            # this run created) can run.
+            if pgconn.transaction_status == TRANSACTION_INERROR:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(b"ROLLBACK")
+            raise
         failure = next(
             (
                 failure_from(index, result.error_field, result.error_message)
