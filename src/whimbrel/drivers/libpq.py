@@ -95,6 +95,8 @@ def _load() -> Any:
     global _libpq
     if _libpq is not None:
         return _libpq
+    if not hasattr(select, "poll"):  # Windows: psycopg waits there
+        raise Unavailable("no poll()")
     import importlib.util
 
     candidates: list[str] = []
