@@ -462,3 +462,21 @@ def test_ctrl_c_in_a_first_run_leaves_no_tracking_table(
     assert "nothing of it was applied" in err
     assert _still_running(postgres_db) == 0
     assert not {"s", "app"} & postgres_db.tables()
+
+
+def test_tracking_rows_come_by_version(postgres_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(tmp_path / "app", {"3_c.up.sql": "CREATE TABLE c (id INT);"})
+    assert run_cli("migrations", "apply", str(tree), "--url", postgres_db.url).returncode == 0
+    write_tree(tree, {"1_a.up.sql": "CREATE TABLE a (id INT);", "2_b.up.sql": "SELECT 1;"})
+    applied = run_cli(
+        "migrations", "apply", str(tree), "--url", postgres_db.url, "--allow-out-of-order"
+    )
+    assert applied.returncode == 0, applied.stderr
+    # The heap holds them in the order they were applied: 3, 1, 2.
+    url = parse_url(postgres_db.url)
+    for open_session in (LibpqDriver, LibpqReader, PostgresDriver):
+        session = open_session(url, connect_timeout=5, application_name="test")
+        try:
+            assert [row.version for row in session.read_rows_many(["app"])["app"]] == [1, 2, 3]
+        finally:
+            session.close()

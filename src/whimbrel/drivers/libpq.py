@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import operator
 import os
 import select
 import time
@@ -532,7 +533,12 @@ class LibpqDriver(PostgresDriver):
             to_datetime = self.to_datetime
             for r in json.loads(self._run(query, value=True)):
                 result[r[0]].append(tracking_row(r, to_datetime))
+        for recorded in result.values():
+            recorded.sort(key=_version)  # by version, as Driver.read_rows_many returns them
         return result
+
+
+_version = operator.attrgetter("version")
 
 
 def _values(pairs: list[tuple[str, Any]]) -> tuple[Any, ...]:
