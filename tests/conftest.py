@@ -14,11 +14,11 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -142,6 +142,48 @@ def fresh_database(dialect: str, tmp_path: Path) -> Iterator[Database]:
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         conn.close()
+
+
+# -- the PostgreSQL client --------------------------------------------------------------
+# whimbrel talks to PostgreSQL through libpq (ctypes) by default, through psycopg where libpq
+# cannot be loaded or WHIMBREL_PG_CLIENT=psycopg. Tests marked `pg_clients` run twice:
+# `auto` (the default, libpq here) and `psycopg`, the fallback; run_cli passes the
+# environment on, so the CLI they start uses that client.
+PG_CLIENTS = ("auto", "psycopg")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def both_pg_clients(test: F) -> F:
+    """Run this test through each PostgreSQL client (its other engines, once)."""
+    return pytest.mark.pg_clients(pytest.mark.usefixtures("pg_client")(test))  # type: ignore[no-any-return]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("pg_clients"):
+        metafunc.parametrize("pg_client", PG_CLIENTS, indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The psycopg variant of a test parametrized over engines only on PostgreSQL.
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        engine = params.get("db", params.get("engine", "postgres"))
+        psycopg_elsewhere = params.get("pg_client") == "psycopg" and engine != "postgres"
+        (drop if psycopg_elsewhere else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture
+def pg_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    client: str = getattr(request, "param", "auto")
+    monkeypatch.setenv("WHIMBREL_PG_CLIENT", client)
+    return client
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import whimbrel
-from conftest import Database, write_tree
+from conftest import Database, both_pg_clients, write_tree
 from whimbrel import engine
 from whimbrel.errors import MigrationFailed
 
@@ -41,6 +41,7 @@ def test_a_big_section_in_pieces_applies_whole(db: Database, tmp_path: Path) -> 
     assert db.query("SELECT statements_done FROM app WHERE version = 2") == [(50,)]
 
 
+@both_pg_clients
 @pytest.mark.usefixtures("small_pieces")
 @pytest.mark.parametrize("single_transaction", [False, True])
 def test_failure_in_a_later_piece_names_its_statement_and_keeps_nothing(

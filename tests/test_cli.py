@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from conftest import EXAMPLES, Database, run_cli, write_tree
+from conftest import EXAMPLES, Database, both_pg_clients, run_cli, write_tree
 
 
 def dracon(tmp_path: Path) -> Path:
@@ -28,6 +28,7 @@ def statuses(doc: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
     return {s["name"]: [(m["version"], m["status"]) for m in s["migrations"]] for s in doc["sets"]}
 
 
+@both_pg_clients
 def test_apply_inspect_revert_dracon_tree(db: Database, tmp_path: Path) -> None:
     tree = dracon(tmp_path)
     if db.dialect == "sqlite":
@@ -225,6 +226,7 @@ def test_out_of_order_is_refused_unless_allowed(db: Database, tmp_path: Path) ->
     assert "b" in db.tables()
 
 
+@both_pg_clients
 def test_foreign_table_with_the_set_name_is_refused(db: Database, tmp_path: Path) -> None:
     if db.dialect == "sqlite":
         write_tree(tmp_path, {"seed/001_x.up.sql": "CREATE TABLE enrichments (id int, name text);"})
@@ -328,6 +330,7 @@ def test_set_creating_its_own_tracking_table_name_is_refused(db: Database, tmp_p
     )
 
 
+@both_pg_clients
 def test_failed_first_run_leaves_no_empty_tracking_table(db: Database, tmp_path: Path) -> None:
     tree = write_tree(tmp_path / "app", {"1_bad.up.sql": "CREATE TABLE t (id INT);\nSELEC 1;\n"})
     result = run_cli("migrations", "apply", str(tree), "--url", db.url)
@@ -480,6 +483,7 @@ def test_revert_refusal_names_both_hashes(sqlite_db: Database, tmp_path: Path) -
     assert old in result.stderr and new in result.stderr
 
 
+@both_pg_clients
 def test_tracking_row_commits_with_the_migration(db: Database, tmp_path: Path) -> None:
     if db.dialect == "mysql":
         return  # DDL commits at once there: covered by the dirty-state tests

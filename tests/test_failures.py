@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Database, run_cli, whimbrel_executable, write_tree
+from conftest import Database, both_pg_clients, run_cli, whimbrel_executable, write_tree
 
 BROKEN_THIRD_STATEMENT = """\
 CREATE TABLE first_table (id INT);
@@ -36,6 +36,7 @@ def _tree(tmp_path: Path) -> Path:
     )
 
 
+@both_pg_clients
 def test_error_in_the_third_statement_is_reported_and_stops_the_run(
     db: Database, tmp_path: Path
 ) -> None:
@@ -131,6 +132,7 @@ def test_mark_recovers_a_dirty_migration(mysql_db: Database, tmp_path: Path, out
         assert run_cli("migrations", "inspect", str(tree), "--url", url).returncode == 0
 
 
+@both_pg_clients
 def test_transaction_false_failure_is_dirty_on_postgres(
     postgres_db: Database, tmp_path: Path
 ) -> None:
@@ -168,6 +170,7 @@ def test_non_transactional_statement_hint(postgres_db: Database, tmp_path: Path)
     assert fixed.returncode == 0, fixed.stderr
 
 
+@both_pg_clients
 def test_syntax_error_line_on_postgres(postgres_db: Database, tmp_path: Path) -> None:
     tree = write_tree(
         tmp_path / "app",
@@ -353,6 +356,7 @@ def _hold_lock(db: Database) -> subprocess.Popen[str]:
     raise AssertionError("use _hold_server_lock")
 
 
+@both_pg_clients
 def test_lock_timeout_says_who_holds_the_lock(db: Database, tmp_path: Path) -> None:
     tree = _many_migrations(tmp_path / "m", count=1)
     if db.dialect == "sqlite":
@@ -422,6 +426,7 @@ def test_wrong_password_is_a_clear_error_without_the_password(
     assert "Wr0ngPassw0rd" not in result.stdout + result.stderr
 
 
+@both_pg_clients
 def test_password_never_printed_on_sql_errors(postgres_db: Database, tmp_path: Path) -> None:
     # The server trusts local connections, so any password is accepted: a real login.
     url = postgres_db.url.replace("postgres@", "postgres:Hunter2Secret@")
@@ -435,6 +440,7 @@ def test_password_never_printed_on_sql_errors(postgres_db: Database, tmp_path: P
         assert "Hunter2Secret" not in result.stdout + result.stderr
 
 
+@both_pg_clients
 def test_failing_revert(db: Database, tmp_path: Path) -> None:
     tree = write_tree(
         tmp_path / "app",
@@ -495,6 +501,7 @@ def _rows_in_filled(db: Database, proc: subprocess.Popen[bytes], at_least: int) 
     _wait_until(filled, f"more than {at_least} rows are in 'filled'")
 
 
+@both_pg_clients
 def test_ctrl_c_stops_cleanly(db: Database, tmp_path: Path) -> None:
     import signal
 
@@ -712,6 +719,7 @@ def test_copy_from_stdin_is_refused_before_anything_runs(
     assert "a" not in postgres_db.tables()
 
 
+@both_pg_clients
 def test_session_settings_do_not_leak_into_the_next_migration(db: Database, tmp_path: Path) -> None:
     first = {
         "postgres": (
@@ -739,6 +747,7 @@ def test_session_settings_do_not_leak_into_the_next_migration(db: Database, tmp_
             db.query(f"DROP DATABASE IF EXISTS {db.name}_other")
 
 
+@both_pg_clients
 def test_database_errors_outside_migrations_are_clear(
     postgres_db: Database, tmp_path: Path
 ) -> None:
@@ -817,6 +826,7 @@ def test_sqlite_lock_follows_symlinks(sqlite_db: Database, tmp_path: Path) -> No
 
 
 # -- the lock outlives a killed client's last statement -------------------------------------
+@both_pg_clients
 def test_killed_revert_is_not_run_twice(postgres_db: Database, tmp_path: Path) -> None:
     tree = write_tree(
         tmp_path / "bank",
@@ -887,6 +897,7 @@ def test_autocommit_turned_off_anywhere_is_caught(mysql_db: Database, tmp_path: 
     assert "left a transaction open" in result.stderr
 
 
+@both_pg_clients
 def test_set_role_does_not_leak_or_block_tracking(postgres_db: Database, tmp_path: Path) -> None:
     import uuid
 
@@ -1001,6 +1012,7 @@ def test_busy_sqlite_database_is_a_clear_error(sqlite_db: Database, tmp_path: Pa
         holder.wait()
 
 
+@both_pg_clients
 def test_sigterm_cancels_like_ctrl_c(postgres_db: Database, tmp_path: Path) -> None:
     import signal
 

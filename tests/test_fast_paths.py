@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import Database, run_cli, whimbrel_executable, write_tree
+from conftest import Database, both_pg_clients, run_cli, whimbrel_executable, write_tree
 from whimbrel.drivers.libpq import open_reader
 from whimbrel.drivers.postgres import LOCK_KEY, PostgresDriver
 from whimbrel.urls import parse_url
@@ -46,6 +46,7 @@ def test_libpq_reader_reads_what_psycopg_reads(postgres_db: Database, tmp_path: 
     assert '"statements_done": 1' in inspected.stdout
 
 
+@both_pg_clients
 def test_up_to_date_apply_does_not_wait_for_the_lock(postgres_db: Database, tmp_path: Path) -> None:
     tree = write_tree(tmp_path / "app", {"1_a.up.sql": "CREATE TABLE a (id INT);"})
     assert run_cli("migrations", "apply", str(tree), "--url", postgres_db.url).returncode == 0
@@ -103,6 +104,7 @@ def test_a_run_queued_behind_another_finds_its_work_done(
     assert postgres_db.query("SELECT version, status FROM app") == [(1, "applied")]
 
 
+@both_pg_clients
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
 def test_a_queued_run_stops_at_once_on_a_signal(
     postgres_db: Database, tmp_path: Path, signal_name: str

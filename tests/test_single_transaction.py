@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import whimbrel
-from conftest import Database, run_cli, write_tree
+from conftest import Database, both_pg_clients, run_cli, write_tree
 
 # Plain DML after the first migration, so that MySQL can run the second run in one transaction.
 DML_TREE = {
@@ -19,6 +19,7 @@ DML_TREE = {
 }
 
 
+@both_pg_clients
 def test_all_or_nothing_when_a_later_migration_fails(db: Database, tmp_path: Path) -> None:
     tree = write_tree(tmp_path / "app", {k: v for k, v in DML_TREE.items() if k < "002"})
     assert run_cli("migrations", "apply", str(tree), "--url", db.url).returncode == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Database, run_cli, write_tree
+from conftest import Database, both_pg_clients, run_cli, write_tree
 from test_failures import _wait_until
 from torture_support import read_until, spawn
 
@@ -86,6 +86,7 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@both_pg_clients
 @pytest.mark.parametrize("engine", ["postgres", "sqlite"])
 def test_sigkill_mid_migration_leaves_nothing_and_a_rerun_completes(
     engine: str, request: pytest.FixtureRequest, tmp_path: Path

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Database, run_cli, write_tree
+from conftest import Database, both_pg_clients, run_cli, write_tree
 from test_failures import _wait_until
 from torture_support import read_until, spawn
 
@@ -123,6 +123,7 @@ def fake_postgres() -> Iterator[_FakePostgres]:
         server.close()
 
 
+@both_pg_clients
 def test_wrong_password_on_postgres(fake_postgres: _FakePostgres, tmp_path: Path) -> None:
     url = f"postgres://app:{QUOTED_SECRET}@127.0.0.1:{fake_postgres.port}/db?sslmode=disable"
     for command in ("inspect", "apply"):
@@ -329,6 +330,7 @@ def _migration_backend(db: Database, seconds: int = 30) -> int:
     return found[0]
 
 
+@both_pg_clients
 @pytest.mark.parametrize("engine", ["postgres", "mysql"])
 def test_connection_killed_mid_migration(
     engine: str, request: pytest.FixtureRequest, tmp_path: Path

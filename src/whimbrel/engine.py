@@ -785,7 +785,8 @@ def _inspect(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
 
 
 def _fast_reader(url: DatabaseURL, options: RunOptions, command: str) -> LibpqReader | None:
-    """On PostgreSQL, a read-only session that does not import psycopg (drivers.libpq)."""
+    """On PostgreSQL, a read-only libpq session (drivers.libpq), unless psycopg is the
+    client."""
     if url.dialect != "postgres":
         return None
     from whimbrel.drivers.libpq import open_reader
@@ -802,8 +803,8 @@ def _nothing_to_apply(driver: Driver, sets: Sequence[MigrationSet]) -> bool:
 
     A row says `applied` only once its migration has committed, so when every file has
     one, there is nothing for this run to do, whatever other runs are doing: a no-op
-    apply needs no lock (and, on PostgreSQL, no psycopg). Anything else (pending, dirty,
-    drift) goes the locked way, which re-reads under the lock.
+    apply needs no lock (and, on PostgreSQL, no second session). Anything else (pending,
+    dirty, drift) goes the locked way, which re-reads under the lock.
     """
     try:
         with driver.without_waiting():
@@ -870,8 +871,8 @@ def apply(
             try:
                 if _nothing_to_apply(reader, sets):
                     return result
-                # Wait for the lock here, psycopg-free: the run ahead of this one may do
-                # all of its work. Then hand the lock on to the full driver.
+                # Wait for the lock here, in the reader's session: the run ahead of this one
+                # may do all of its work. Then hand the lock on to the full driver.
                 started = time.monotonic()
                 reader.acquire_run_lock(options.lock_timeout, reporter.lock_waiting)
                 if _nothing_to_apply(reader, sets):
@@ -886,18 +887,16 @@ def apply(
                     reader.close()  # frees the lock if it holds it
     try:
         with session(url, options, "apply", create=not options.dry_run) as driver:
+            adopted = run_lock is not None
             if run_lock is not None:
                 from whimbrel.drivers.postgres import PostgresDriver
 
                 assert isinstance(driver, PostgresDriver)
                 driver.adopt_run_lock(run_lock)
                 run_lock = None
-            # Elsewhere the same check runs in the main session (the lock is cheap there).
-            if (
-                not options.dry_run
-                and url.dialect != "postgres"
-                and _nothing_to_apply(driver, sets)
-            ):
+            # Without a libpq session (elsewhere, or PostgreSQL through psycopg), the same
+            # check runs in the main session, before it takes the lock.
+            if not options.dry_run and not adopted and _nothing_to_apply(driver, sets):
                 return result
             return _apply_locked(driver, sets, options, reporter, result)
     finally:

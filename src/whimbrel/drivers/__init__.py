@@ -18,6 +18,14 @@ def connect(
 ) -> Driver:
     """Open a connection; each driver is imported only when its database is used."""
     if url.dialect == "postgres":
+        # libpq through ctypes, without importing psycopg; psycopg where libpq cannot be
+        # loaded or WHIMBREL_PG_CLIENT=psycopg says so.
+        from whimbrel.drivers.libpq import LibpqDriver, libpq_available
+
+        if libpq_available():
+            return LibpqDriver(
+                url, connect_timeout=connect_timeout, application_name=application_name
+            )
         from whimbrel.drivers.postgres import PostgresDriver
 
         return PostgresDriver(

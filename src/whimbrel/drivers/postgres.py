@@ -1,4 +1,4 @@
-"""PostgreSQL, through psycopg 3.
+"""PostgreSQL: the SQL whimbrel sends, and psycopg 3 as one way of sending it.
 
 A transactional migration travels in one round trip: `BEGIN; <file>; <tracking row>; COMMIT`
 as one simple-protocol query. The server returns one result per statement, so the count of
@@ -8,18 +8,25 @@ Two advisory locks guard a run. The run lock lives on a connection of its own, s
 a migration does to its session can release it. The work lock is held by the session that
 runs the migrations: if whimbrel dies, the server goes on executing what it was sent, and the
 next run waits for that, not just for the run lock.
+
+`PostgresDriver` talks to the server through psycopg. `drivers.libpq.LibpqDriver` sends the
+same SQL straight through libpq (ctypes), without importing psycopg; it overrides only the
+plumbing at the end of this class: connecting, `_query`, `_wait_for_lock`, `_exchange`,
+`in_transaction`. A query's first error reaches the shared code as a `Failure`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import math
 import re
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol, cast
 
 from whimbrel.drivers.base import (
     AtomicItem,
@@ -38,7 +45,6 @@ from whimbrel.urls import DatabaseURL, redact
 
 if TYPE_CHECKING:
     import psycopg
-    from psycopg.pq.abc import PGresult
 
 # One advisory lock per database for every whimbrel run, whatever the sets.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"whimbrel migrations").digest()[:8], "big", signed=True)
@@ -60,16 +66,103 @@ _NO_TRANSACTION = re.compile(
 )
 
 
+# libpq's codes (libpq-fe.h, postgres_ext.h), so that the shared code needs no psycopg.pq.
+FATAL_ERROR = 7  # ExecStatusType PGRES_FATAL_ERROR
+COPY_STATUSES = frozenset({3, 4, 8})  # PGRES_COPY_OUT, PGRES_COPY_IN, PGRES_COPY_BOTH
+TRANSACTION_IDLE = 0  # PGTransactionStatusType PQTRANS_IDLE
+TRANSACTION_INERROR = 3  # PQTRANS_INERROR: in a transaction that failed
+DIAG_SEVERITY = ord("S")  # PG_DIAG_SEVERITY
+DIAG_SQLSTATE = ord("C")
+DIAG_MESSAGE_PRIMARY = ord("M")
+DIAG_MESSAGE_DETAIL = ord("D")
+DIAG_MESSAGE_HINT = ord("H")
+DIAG_STATEMENT_POSITION = ord("P")
+DIAG_CONTEXT = ord("W")
+
+
+class Connection(Protocol):
+    """A connection to the server: psycopg's, or drivers.libpq's session."""
+
+    def close(self) -> None: ...
+
+
+class Failure(NamedTuple):
+    """The first error result of a query, and how many results came before it."""
+
+    result_index: int  # how many results came before it
+    primary: str  # the message, without its severity
+    sqlstate: str | None
+    position: int | None  # 0-based offset into the query
+    detail: str | None
+    hint: str | None
+    context: str | None
+    message: str  # libpq's whole message without its severity, as psycopg's str(error)
+
+
+def failure_from(
+    index: int, field: Callable[[int], bytes | None], error_message: bytes | None
+) -> Failure:
+    """A Failure from an error result's fields (`field` is PQresultErrorField)."""
+
+    def text(code: int) -> str | None:
+        value = field(code)
+        return value.decode("utf-8", "replace") if value is not None else None
+
+    whole = (error_message or b"").decode("utf-8", "replace")
+    message = whole
+    if (severity := text(DIAG_SEVERITY)) and message.startswith(severity + ":"):
+        message = message[len(severity) + 1 :]
+    position = text(DIAG_STATEMENT_POSITION)
+    return Failure(
+        index,
+        text(DIAG_MESSAGE_PRIMARY) or whole,
+        text(DIAG_SQLSTATE),
+        int(position) - 1 if position else None,
+        text(DIAG_MESSAGE_DETAIL),
+        text(DIAG_MESSAGE_HINT),
+        text(DIAG_CONTEXT),
+        message.strip() or "no error details available",
+    )
+
+
+class Exchange(NamedTuple):
+    """What a query sent by `_exchange` returned."""
+
+    results: int  # how many results the server sent (up to a COPY)
+    failure: Failure | None  # the first error
+    copy: bool  # the last result started a COPY
+
+
 def _literal(value: object) -> str:
+    if type(value) is str:  # the common case first: a tracking row is mostly text
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
     if value is None:
         return "NULL"
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
-    if isinstance(value, int | float):
+    if isinstance(value, int):
         return repr(value)
+    if isinstance(value, float):
+        # repr() spells infinities and NaN as Python does; PostgreSQL reads them quoted.
+        return repr(value) if math.isfinite(value) else f"'{value!r}'::float8"
     text = str(value)
     # E'' strings read the same whatever standard_conforming_strings says.
     return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+_identity_literal = functools.lru_cache(maxsize=4)(_literal)  # the same for every row
+
+
+def connection_options(
+    url: DatabaseURL, *, connect_timeout: float, application_name: str
+) -> dict[str, str]:
+    """libpq connection keywords whimbrel adds to the URL's (which win where given)."""
+    options = {"client_encoding": "UTF8"}
+    if "connect_timeout" not in url.params:
+        options["connect_timeout"] = str(max(2, round(connect_timeout)))
+    if "application_name" not in url.params:
+        options["application_name"] = application_name[:63]
+    return options
 
 
 class PostgresDriver(Driver):
@@ -78,22 +171,24 @@ class PostgresDriver(Driver):
 
     def __init__(self, url: DatabaseURL, *, connect_timeout: float, application_name: str) -> None:
         super().__init__(url)
-        self._connect_kwargs: dict[str, object] = {"autocommit": True, "client_encoding": "utf8"}
-        if "connect_timeout" not in url.params:
-            self._connect_kwargs["connect_timeout"] = max(2, round(connect_timeout))
-        if "application_name" not in url.params:
-            self._connect_kwargs["application_name"] = application_name[:63]
-        self.conn = self._connect()
-        self.lock_conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._options = connection_options(
+            url, connect_timeout=connect_timeout, application_name=application_name
+        )
+        self.conn: Connection = self._connect()
+        self.lock_conn: Connection | None = None
         # If whimbrel dies mid-migration, the server would otherwise run what it was sent to
         # its COMMIT; polling the client socket makes it abort instead (PostgreSQL 14+).
         # Set in the same round trip as the schema query, and again after every RESET ALL.
-        watch = self.conn.info.server_version >= 140000
+        watch = self._server_version() >= 140000
         self._watch_client = (
             f"; SET client_connection_check_interval = {CLIENT_CHECK_MS}" if watch else ""
         )
         check = f", set_config('client_connection_check_interval', '{CLIENT_CHECK_MS}', false)"
-        schema = self.fetch("SELECT current_schema()" + (check if watch else ""))[0][0]
+        try:
+            schema = self.fetch("SELECT current_schema()" + (check if watch else ""))[0][0]
+        except BaseException:
+            self.conn.close()
+            raise
         # The session reset that ends every migration, watch setting included.
         self._reset_sql = _RESET_SESSION + self._watch_client
         self._reset_results = self._reset_sql.count(";") + 1  # for counting results
@@ -106,13 +201,21 @@ class PostgresDriver(Driver):
             )
         self.schema = str(schema)
 
-    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+    # -- plumbing: psycopg here, libpq in drivers.libpq.LibpqDriver ----------------------
+    def _connect(self) -> Connection:
         import psycopg
 
         try:
-            return psycopg.connect(self.url.raw, **self._connect_kwargs)  # type: ignore[arg-type]
+            return psycopg.connect(self.url.raw, autocommit=True, **self._options)  # type: ignore[arg-type]
         except psycopg.Error as exc:
             raise ConnectionFailed(f"cannot connect to {self.url}: {self._text(exc)}") from None
+
+    @staticmethod
+    def _psycopg(conn: Connection) -> psycopg.Connection[tuple[object, ...]]:
+        return cast("psycopg.Connection[tuple[object, ...]]", conn)
+
+    def _server_version(self) -> int:
+        return self._psycopg(self.conn).info.server_version
 
     def _text(self, exc: BaseException) -> str:
         return redact(str(exc).strip(), self.url.secrets())
@@ -129,21 +232,18 @@ class PostgresDriver(Driver):
         """Use `holder`'s session, which already holds the run lock, as the lock session."""
         self.run_lock_holder = holder
 
-    # -- plumbing -----------------------------------------------------------------------
     def _query(
-        self,
-        sql: str,
-        params: Sequence[object],
-        conn: psycopg.Connection[tuple[object, ...]] | None = None,
+        self, sql: str, params: Sequence[object], conn: Connection | None = None
     ) -> list[tuple[object, ...]]:
         import psycopg
 
+        connection = self._psycopg(conn or self.conn)
         try:
-            with (conn or self.conn).cursor() as cur:
+            with connection.cursor() as cur:
                 cur.execute(sql.encode(), params or None)
                 return cur.fetchall() if cur.description else []
         except psycopg.OperationalError as exc:
-            if (conn or self.conn).broken or exc.sqlstate is None:
+            if connection.broken or exc.sqlstate is None:
                 raise ConnectionFailed(
                     f"lost the connection to {self.url}: {self._text(exc)}"
                 ) from None
@@ -178,37 +278,41 @@ class PostgresDriver(Driver):
         # Free unless a killed run's last statement is still executing on the server.
         self._lock(self.conn, WORK_KEY, max(0.001, deadline - time.monotonic()), on_wait)
 
-    def _lock(
-        self,
-        conn: psycopg.Connection[tuple[object, ...]],
-        key: int,
-        timeout: float,
-        on_wait: LockWaitCallback,
-    ) -> None:
-        import psycopg
-
+    def _lock(self, conn: Connection, key: int, timeout: float, on_wait: LockWaitCallback) -> None:
         if self._query("SELECT pg_try_advisory_lock(%s)", (key,), conn)[0][0]:
             return
         holder = self.lock_holder(key)
         on_wait(holder)
-        try:
-            conn.execute(f"SET lock_timeout = {max(1, int(timeout * 1000))}".encode())
-            conn.execute(b"SELECT pg_advisory_lock(%s)", (key,))
-        except psycopg.errors.LockNotAvailable:
+        if not self._wait_for_lock(conn, key, max(1, int(timeout * 1000))):
             raise LockTimeout(
                 f"gave up after {timeout:g} s waiting for the migration lock on {self.url}"
                 + (f", held by {self.lock_holder(key) or holder}" if holder else "")
-            ) from None
+            )
+
+    def _wait_for_lock(self, conn: Connection, key: int, timeout_ms: int) -> bool:
+        """Wait for advisory lock `key` on `conn`: True once held, False at the timeout."""
+        import psycopg
+
+        connection = self._psycopg(conn)
+        try:
+            connection.execute(f"SET lock_timeout = {timeout_ms}".encode())
+            connection.execute(b"SELECT pg_advisory_lock(%s)", (key,))
+        except psycopg.errors.LockNotAvailable:
+            return False
         except psycopg.Error as exc:
             raise DatabaseError(f"waiting for the migration lock: {self._text(exc)}") from None
         finally:
             with contextlib.suppress(psycopg.Error):
-                conn.execute(b"RESET lock_timeout")
+                connection.execute(b"RESET lock_timeout")
+        return True
 
     def lock_holder(self, key: int = LOCK_KEY) -> str | None:
         unsigned = key & 0xFFFFFFFFFFFFFFFF
+        # The start time as text from the server, in the session's time zone: the same
+        # whichever client reads it.
         rows = self.fetch(
-            "SELECT a.pid, a.application_name, a.usename, a.client_addr, a.backend_start "
+            "SELECT a.pid, a.application_name, a.usename, a.client_addr, "
+            "to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') "
             "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
             "AND l.classid::bigint = %s AND l.objid::bigint = %s "
@@ -217,11 +321,9 @@ class PostgresDriver(Driver):
         )
         if not rows:
             return None
-        pid, app, user, addr, backend_start = rows[0]
-        started = self.to_datetime(backend_start)
-        since = started.strftime("%Y-%m-%d %H:%M:%S %Z") if started is not None else ""
+        pid, app, user, addr, since = rows[0]
         return f"server pid {pid} ({app or 'no application name'}, user {user}, from " + (
-            f"{addr or 'local socket'}, connected {since})"
+            f"{addr or 'local socket'}, connected {since or ''})"
         )
 
     def release_lock(self) -> None:
@@ -314,7 +416,7 @@ class PostgresDriver(Driver):
                 _literal(row.down_sql),
                 "clock_timestamp()",
                 duration,
-                _literal(client_identity()),
+                _identity_literal(client_identity()),
             ]
         )
         return (
@@ -355,31 +457,27 @@ class PostgresDriver(Driver):
         """A big section inside the open transaction, one slice of whole statements per
         round trip, then our tail; only one slice is ever encoded and buffered at a time."""
         for start, end, first in pieces:
-            results = self._send(sql[start:end] + "\n;\n")
-            if error := self._first_error(results):
-                result_index, result = error
+            if failure := self._send(sql[start:end] + "\n;\n"):
                 self.rollback()
-                position = self._position(result)
+                position = failure.position
                 offset = start + position if position is not None else None
                 if offset is not None and not start <= offset < end:
                     offset = None
                 raise StatementError(
-                    self._message(result),
-                    index=first + result_index,
+                    self._message(failure),
+                    index=first + failure.result_index,
                     position=offset,
-                    sqlstate=self._sqlstate(result),
+                    sqlstate=failure.sqlstate,
                 )
         as_ourselves = (
             "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
             "SET LOCAL synchronous_commit = off;\n"
         )
-        results = self._send(as_ourselves + tail)
-        if error := self._first_error(results):
-            _, result = error
+        if failure := self._send(as_ourselves + tail):
             self.rollback()
             # An index past every statement of the file says: our tracking write failed.
             raise StatementError(
-                self._message(result), index=sys.maxsize, sqlstate=self._sqlstate(result)
+                self._message(failure), index=sys.maxsize, sqlstate=failure.sqlstate
             )
 
     def run_many_in_transaction(self, items: Sequence[AtomicItem]) -> None:
@@ -412,14 +510,12 @@ class PostgresDriver(Driver):
             parts.append(chunk)
             length += len(started_mark) + len(chunk)
             result_counts.append(item.statement_count + 2 + len(item.writes) + self._reset_results)
-        results = self._send("".join(parts))
+        failure = self._send("".join(parts))
         del parts
-        error = self._first_error(results)
-        if error is None:
+        if failure is None:
             return
-        result_index, result = error
         self.rollback()
-        position = self._position(result)
+        position = failure.position
         number = None
         offset = None
         if position is not None:
@@ -429,7 +525,7 @@ class PostgresDriver(Driver):
                     break
         # Without a position inside a file's SQL, count results: one for the started mark,
         # then the item's.
-        remaining = result_index
+        remaining = failure.result_index
         index = None
         for candidate, count in enumerate(result_counts):
             remaining -= 1
@@ -439,11 +535,11 @@ class PostgresDriver(Driver):
                 index = max(remaining, 0) if candidate == number else None
                 break
             remaining -= count
-        failure = StatementError(
-            self._message(result), index=index, position=offset, sqlstate=self._sqlstate(result)
+        error = StatementError(
+            self._message(failure), index=index, position=offset, sqlstate=failure.sqlstate
         )
-        failure.item = number if number is not None else len(items) - 1
-        raise failure
+        error.item = number if number is not None else len(items) - 1
+        raise error
 
     def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
         if wrap:
@@ -477,45 +573,36 @@ class PostgresDriver(Driver):
         end = "COMMIT" if own_transaction else ""
         if reset_after:
             end += ";\n" + self._reset_sql
-        results = self._send(prefix + sql + "\n;\n" + as_ourselves + tail + end)
-        error = self._first_error(results)
-        if error is None:
+        failure = self._send(prefix + sql + "\n;\n" + as_ourselves + tail + end)
+        if failure is None:
             return
-        result_index, result = error
         self.rollback()
-        position = self._position(result)
+        position = failure.position
         offset = position - len(prefix) if position is not None else None
         if offset is not None and not 0 <= offset < len(sql):
             offset = None
         # Results: one for BEGIN (if we sent it), then one per statement of the file, then ours.
-        index: int | None = result_index - 1 if own_transaction else result_index
+        index: int | None = failure.result_index - 1 if own_transaction else failure.result_index
         if index is not None and index < 0:
             index = None
         raise StatementError(
-            self._message(result), index=index, position=offset, sqlstate=self._sqlstate(result)
+            self._message(failure), index=index, position=offset, sqlstate=failure.sqlstate
         )
 
     def run_statement(self, sql: str, index: int = 0) -> None:
-        results = self._send(sql)
-        error = self._first_error(results)
-        if error is None:
+        failure = self._send(sql)
+        if failure is None:
             return
-        _, result = error
-        position = self._position(result)
+        position = failure.position
         raise StatementError(
-            self._message(result),
+            self._message(failure),
             index=index,
             position=position if position is not None and position < len(sql) else None,
-            sqlstate=self._sqlstate(result),
+            sqlstate=failure.sqlstate,
         )
 
     def can_wrap(self, sql: str) -> bool:
         return _NO_TRANSACTION.match(sql) is None
-
-    def in_transaction(self) -> bool:
-        from psycopg import pq
-
-        return self.conn.pgconn.transaction_status != pq.TransactionStatus.IDLE
 
     def rollback(self) -> None:
         if self.in_transaction():
@@ -531,66 +618,67 @@ class PostgresDriver(Driver):
             return
         self.reset_session()
 
-    def _send(self, query: str) -> list[PGresult]:
-        import psycopg
-        from psycopg import generators, pq
-
-        pgconn = self.conn.pgconn
-        try:
-            with self.conn.lock:
-                pgconn.send_query(query.encode())
-                results: list[PGresult] = self.conn.wait(generators.execute(pgconn))
-        except psycopg.OperationalError as exc:
-            raise ConnectionFailed(
-                f"lost the connection to {self.url}: {self._text(exc)}"
-            ) from None
-        if results and results[-1].status in (
-            pq.ExecStatus.COPY_IN,
-            pq.ExecStatus.COPY_OUT,
-            pq.ExecStatus.COPY_BOTH,
-        ):
+    def _send(self, query: str) -> Failure | None:
+        """Send `query` (any number of statements) in one round trip: its first error."""
+        exchange = self._exchange(query)
+        if exchange.copy:
             # Client-side COPY data is psql's business; prepare() refuses such files, so
             # this is only reached through COPY hidden in a function. Leave a clean state.
             self.conn.close()
             raise StatementError(
                 "ERROR: COPY ... FROM STDIN / TO STDOUT needs client-side data, which "
                 "migrations cannot carry; the connection was closed",
-                index=len(results) - 2,
+                index=exchange.results - 2,
             )
-        return results
+        return exchange.failure
 
-    def _first_error(self, results: list[PGresult]) -> tuple[int, PGresult] | None:
-        from psycopg import pq
-
-        for index, result in enumerate(results):
-            if result.status == pq.ExecStatus.FATAL_ERROR:
-                return index, result
-        return None
-
-    @staticmethod
-    def _field(result: PGresult, name: str) -> str | None:
-        from psycopg import pq
-
-        value = result.error_field(getattr(pq.DiagnosticField, name))
-        return value.decode("utf-8", "replace") if value is not None else None
-
-    def _position(self, result: PGresult) -> int | None:
-        position = self._field(result, "STATEMENT_POSITION")
-        return int(position) - 1 if position else None
-
-    def _sqlstate(self, result: PGresult) -> str | None:
-        return self._field(result, "SQLSTATE")
-
-    def _message(self, result: PGresult) -> str:
-        primary = self._field(result, "MESSAGE_PRIMARY") or result.error_message.decode(
-            "utf-8", "replace"
-        )
-        lines = [f"ERROR: {primary}"]
-        if sqlstate := self._sqlstate(result):
-            lines[0] += f" (SQLSTATE {sqlstate})"
-        for label, name in (("DETAIL", "MESSAGE_DETAIL"), ("HINT", "MESSAGE_HINT")):
-            if value := self._field(result, name):
+    def _message(self, failure: Failure) -> str:
+        lines = [f"ERROR: {failure.primary}"]
+        if failure.sqlstate:
+            lines[0] += f" (SQLSTATE {failure.sqlstate})"
+        for label, value in (("DETAIL", failure.detail), ("HINT", failure.hint)):
+            if value:
                 lines.append(f"{label}: {value}")
-        if (context := self._field(result, "CONTEXT")) and "PL/pgSQL" in context:
-            lines.append(f"CONTEXT: {context}")
+        if failure.context and "PL/pgSQL" in failure.context:
+            lines.append(f"CONTEXT: {failure.context}")
         return redact("\n".join(lines), self.url.secrets())
+
+    # -- plumbing, continued ------------------------------------------------------------
+    def in_transaction(self) -> bool:
+        return self._psycopg(self.conn).pgconn.transaction_status != TRANSACTION_IDLE
+
+    def _exchange(self, query: str) -> Exchange:
+        """Send `query` and wait for all its results, whatever they are (errors included)."""
+        import psycopg
+        from psycopg import generators
+
+        conn = self._psycopg(self.conn)
+        pgconn = conn.pgconn
+        try:
+            with conn.lock:
+                pgconn.send_query(query.encode())
+                # On Ctrl-C, psycopg cancels the query on the server and drains its results.
+                results = conn.wait(generators.execute(pgconn))
+        except psycopg.OperationalError as exc:
+            raise ConnectionFailed(
+                f"lost the connection to {self.url}: {self._text(exc)}"
+            ) from None
+        except (KeyboardInterrupt, SystemExit):
+            # Then roll back the transaction the cancel aborted (as LibpqDriver does), so
+            # that the clean-up after it (session reset, dropping an empty tracking table
+            # this run created) can run.
+            if pgconn.transaction_status == TRANSACTION_INERROR:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(b"ROLLBACK")
+            raise
+        failure = next(
+            (
+                failure_from(index, result.error_field, result.error_message)
+                for index, result in enumerate(results)
+                if result.status == FATAL_ERROR
+            ),
+            None,
+        )
+        return Exchange(
+            len(results), failure, bool(results) and results[-1].status in COPY_STATUSES
+        )
