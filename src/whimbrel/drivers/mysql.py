@@ -16,22 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, ClassVar
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from whimbrel._fast import builder
 from whimbrel.drivers.base import (
     APPLYING,
+    TRACKING_COLUMNS,
     Driver,
     InsertRow,
     LockWaitCallback,
     Progress,
     StatementError,
+    TrackingRow,
     TrackingWrite,
     columns_by_table,
+    tracking_row,
 )
 from whimbrel.errors import ConnectionFailed, DatabaseError, LockTimeout, UsageError
 from whimbrel.urls import DatabaseURL, redact
@@ -54,6 +60,27 @@ _AT_LINE = re.compile(r" at line (\d+)$")
 # Client-side errors: the server went away or could not be reached.
 _CONNECTION_ERRORS = {2003, 2006, 2013, 2055}
 _MAX_LOCK_NAME = 64
+# The columns of a tracking table as create_table makes them: (name, DATA_TYPE,
+# CHARACTER_SET_NAME) in information_schema.COLUMNS. Only such a table is read as JSON,
+# where these types come back exactly as PyMySQL's own conversions give them.
+_OUR_COLUMN_TYPES = frozenset(
+    {
+        ("version", "bigint", None),
+        ("name", "varchar", "utf8mb4"),
+        ("file", "varchar", "utf8mb4"),
+        ("sha256", "char", "utf8mb4"),
+        ("status", "varchar", "utf8mb4"),
+        ("statements_done", "int", None),
+        ("statements_sha256", "char", "utf8mb4"),
+        ("error", "text", "utf8mb4"),
+        ("down_sql", "longtext", "utf8mb4"),
+        ("applied_at", "datetime", None),
+        ("duration_ms", "double", None),
+        ("applied_by", "varchar", "utf8mb4"),
+    }
+)
+assert {c for c, _, _ in _OUR_COLUMN_TYPES} == set(TRACKING_COLUMNS)
+_MARIADB_VERSION = re.compile(r"(\d+)\.(\d+)\.\d+-MariaDB")
 
 
 class MySQLDriver(Driver):
@@ -86,6 +113,17 @@ class MySQLDriver(Driver):
         if ssl or params.get("ssl", "").lower() in {"true", "1"}:
             self._connect_kwargs["ssl"] = ssl
         self.conn = self._connect()
+        # Whether read_rows_many reads rows as JSON text: on MariaDB 10.5+ (10.11 is tested;
+        # MySQL's JSON differs in details, so it keeps the plain rows), with the utf8mb4
+        # connection the plain rows are decoded from; and which tables have exactly our
+        # column types, as tables_columns last saw them.
+        version = _MARIADB_VERSION.search(str(self.conn.server_version))  # type: ignore[attr-defined]
+        self._json_rows = (
+            version is not None
+            and (int(version[1]), int(version[2])) >= (10, 5)
+            and str(self._connect_kwargs["charset"]).lower() == "utf8mb4"
+        )
+        self._json_tables: set[str] = set()
         # Tracking writes that travel with the next statement that commits implicitly, or
         # before anything else this connection sends (_run).
         self._pending: list[str] = []
@@ -264,11 +302,67 @@ class MySQLDriver(Driver):
         # TABLES opens every table of the database: 60 ms with 1,000 of them). A table
         # always has a column, so it is there exactly when it has rows here.
         rows = self.fetch(
-            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
-            f"WHERE TABLE_SCHEMA = %s AND TABLE_NAME IN ({marks})",
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME "
+            f"FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME IN ({marks})",
             (self.url.database, *tables),
         )
-        return columns_by_table(rows, fold_case=True)  # MySQL column names ignore case
+        types: dict[str, set[tuple[str, str, object]]] = {}
+        for table, column, data_type, charset in rows:
+            types.setdefault(str(table), set()).add(
+                (str(column).lower(), str(data_type).lower(), charset)
+            )
+        self._json_tables = {table for table, found in types.items() if found == _OUR_COLUMN_TYPES}
+        # MySQL column names ignore case
+        return columns_by_table(((r[0], r[1]) for r in rows), fold_case=True)
+
+    def read_rows_many(self, tables: Sequence[str]) -> dict[str, list[TrackingRow]]:
+        """As Driver.read_rows_many, but on MariaDB each row comes as one JSON text: PyMySQL
+        then decodes one string per row, not twelve values with a converter each, and one
+        json.loads parses them all (10,000 rows: ~0.08 s, not ~0.2 s).
+
+        Only tables with exactly our column types are read so (tables_columns saw them);
+        the others, and every table of a query the server refuses, are read the plain
+        way, which reports any error as it always has.
+        """
+        if not self._json_rows:
+            return super().read_rows_many(tables)
+        result: dict[str, list[TrackingRow]] = {table: [] for table in tables}
+        ours = [table for table in tables if table in self._json_tables]
+        plain = [table for table in tables if table not in self._json_tables]
+        for start in range(0, len(ours), _JSON_TABLES_PER_QUERY):
+            chunk = ours[start : start + _JSON_TABLES_PER_QUERY]
+            if not self._read_json_rows(chunk, result):
+                plain += chunk
+        if plain:
+            result.update(super().read_rows_many(plain))
+        return result
+
+    def _read_json_rows(self, tables: Sequence[str], result: dict[str, list[TrackingRow]]) -> bool:
+        """Read `tables` into `result` as JSON rows; False if the server refused."""
+        import pymysql
+
+        # Each row a JSON array (not JSON_ARRAYAGG: that copies every row through a
+        # temporary table with BLOB fields, which costs more than it saves, and is cut at
+        # group_concat_max_len). Its first value, where tracking_row expects the table's
+        # name, is the table's place in `tables`.
+        selects = [
+            f"SELECT JSON_ARRAY({number}, version, name, file, sha256, status, "
+            "statements_done, statements_sha256, error, down_sql IS NOT NULL, applied_at, "
+            f"duration_ms, applied_by) FROM {self.qualified(table)}"
+            for number, table in enumerate(tables)
+        ]
+        found: list[list[Any]] = [[] for _ in tables]
+        try:
+            rows = self._run(" UNION ALL ".join(selects), ())
+            for value in json.loads("[" + ",".join([row[0] for row in rows]) + "]"):  # type: ignore[misc]
+                found[value[0]].append(value)
+        except (pymysql.MySQLError, TypeError, ValueError, IndexError):
+            return False
+        version = itemgetter(1)
+        for table, values in zip(tables, found, strict=True):
+            values.sort(key=version)  # in the plain query's order (ORDER BY 1, 2)
+            result[table] = _rows_from_json(values)
+        return True
 
     def create_table(self, table: str) -> None:
         comment = f"whimbrel: applied migrations of the set {table}"
@@ -421,6 +515,50 @@ class MySQLDriver(Driver):
         self.conn = self._connect()
         if self.lock_conn is not None:  # we hold the run lock, so this is free at once
             self._lock(self.conn, self.work_lock_name, self._lock_timeout, lambda _: None)
+
+
+_JSON_TABLES_PER_QUERY = 200
+
+
+_new_row = builder(TrackingRow)
+
+
+def _rows_from_json(values: list[list[Any]]) -> list[TrackingRow]:
+    """TrackingRows from JSON_ARRAY(number, version, ..., applied_by) of a table with our
+    column types, as tracking_row makes them from the plain rows."""
+    iso = datetime.fromisoformat
+    try:
+        # The values already have their types: no int() or str() to call 10,000 times.
+        return [
+            _new_row(
+                v[1],
+                v[2],
+                v[3],
+                v[4].strip(),
+                v[5],
+                v[6],
+                None if v[7] is None else v[7].strip(),
+                v[8],
+                bool(v[9]),
+                iso(v[10] + "+00:00"),  # a DATETIME(6), in UTC
+                None if v[11] is None else float(v[11]),
+                v[12],
+            )
+            for v in values
+        ]
+    except (TypeError, ValueError, AttributeError):  # a zero or invalid date, say
+        return [tracking_row(v, _json_datetime) for v in values]
+
+
+def _json_datetime(value: object) -> datetime | None:
+    """applied_at as JSON_ARRAY writes a DATETIME(6): the naive UTC datetime PyMySQL makes
+    of it, with its zone; None where PyMySQL gives up (a zero or invalid date)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value + "+00:00")
+    except ValueError:
+        return None
 
 
 _CONNECTION_CLASS: type[Connection] | None = None
