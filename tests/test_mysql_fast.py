@@ -1,10 +1,13 @@
-"""MariaDB reads its tracking rows as JSON text (MySQLDriver.read_rows_many): exactly the
-rows the plain query gives, whatever the values hold."""
+"""The MySQL driver's shortcuts. MariaDB reads tracking rows as JSON text (read_rows_many):
+exactly the rows the plain query gives, whatever the values hold. PyMySQL is imported
+without `cryptography` until an RSA password exchange needs it."""
 
 from __future__ import annotations
 
 import random
 import struct
+import subprocess
+import sys
 from datetime import UTC
 from typing import Any
 
@@ -160,3 +163,39 @@ def test_a_refused_json_query_falls_back_to_the_plain_error(mysql_db: Database) 
         driver.fetch("SELECT 1")  # the session is still usable
     finally:
         driver.close()
+
+
+def test_pymysql_defers_cryptography_until_an_rsa_password_exchange() -> None:
+    """import_pymysql leaves out the ~15 ms of `cryptography` PyMySQL's auth module loads
+    for MySQL 8's RSA password exchange; that exchange still works, on first use."""
+    script = """
+import sys
+from whimbrel.drivers.mysql import import_pymysql
+import_pymysql()
+from pymysql import _auth
+loaded = sorted(m for m in sys.modules if m.startswith("cryptography.hazmat.primitives."))
+assert loaded == ["cryptography.hazmat.primitives.asymmetric"], loaded
+assert "cryptography.hazmat.bindings._rust" not in sys.modules
+assert _auth._have_cryptography
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from whimbrel.drivers.mysql import _Deferred
+assert not isinstance(serialization, _Deferred)  # the real one, for everyone else
+assert isinstance(_auth.serialization, _Deferred)
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+pem = key.public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+)
+encrypted = _auth.sha2_rsa_encrypt(b"secret", b"0123456789abcdefghij", pem)
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+oaep = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+plain = key.decrypt(encrypted, oaep)
+assert plain == _auth._xor_password(b"secret\\0", b"0123456789abcdefghij"), plain
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

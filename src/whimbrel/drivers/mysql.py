@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import math
 import re
+import sys
 import time
+import types
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -89,6 +92,7 @@ class MySQLDriver(Driver):
 
     def __init__(self, url: DatabaseURL, *, connect_timeout: float, application_name: str) -> None:
         super().__init__(url)
+        import_pymysql()
         from pymysql.constants import CLIENT
 
         if not url.database:
@@ -559,6 +563,44 @@ def _json_datetime(value: object) -> datetime | None:
         return datetime.fromisoformat(value + "+00:00")
     except ValueError:
         return None
+
+
+# What PyMySQL's auth module imports from `cryptography`, used only for MySQL 8's RSA
+# password exchange (caching_sha2_password or sha256_password without TLS).
+_DEFERRED_MODULES = (
+    "cryptography.hazmat.primitives.hashes",
+    "cryptography.hazmat.primitives.serialization",
+    "cryptography.hazmat.primitives.asymmetric.padding",
+)
+
+
+class _Deferred(types.ModuleType):
+    """Stands for a module until one of its attributes is used, then imports it."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attribute)
+
+
+def import_pymysql() -> None:
+    """`import pymysql`, minus ~15 ms: its auth module imports three modules of
+    `cryptography` (and through them the OpenSSL bindings) for MySQL 8's RSA password
+    exchange, which MariaDB and most MySQL setups never use. It gets stand-ins that import
+    them on first use; everything else imports them as usual.
+    """
+    if "pymysql" in sys.modules:
+        return
+    stand_ins: dict[str, types.ModuleType] = {}
+    if "cryptography" not in sys.modules:  # else it is paid for already
+        stand_ins = {name: _Deferred(name) for name in _DEFERRED_MODULES}
+    sys.modules.update(stand_ins)
+    try:
+        import pymysql  # noqa: F401
+    finally:
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
 
 
 _CONNECTION_CLASS: type[Connection] | None = None
