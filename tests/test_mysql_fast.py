@@ -9,12 +9,13 @@ import struct
 import subprocess
 import sys
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
 
-from conftest import Database, _mysql_kwargs
+from conftest import Database, _mysql_kwargs, run_cli, write_tree
 from whimbrel.drivers.base import Driver
 from whimbrel.drivers.mysql import MySQLDriver
 from whimbrel.errors import DatabaseError
@@ -199,3 +200,44 @@ print("ok")
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_a_refused_tracking_write_stops_the_ddl_it_travels_with(
+    mysql_db: Database, tmp_path: Path
+) -> None:
+    """Our writes travel in front of a DDL statement in one round trip (on MariaDB as one
+    compound statement): when the server refuses one, the statement never runs."""
+    trigger = (
+        "DELIMITER //\nCREATE TRIGGER no_two BEFORE INSERT ON app FOR EACH ROW BEGIN\n"
+        "  IF NEW.version = 2 THEN\n"
+        "    SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'tracking refused';\n"
+        "  END IF;\nEND//\nDELIMITER ;"
+    )
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_trigger.sql": f"-- migrate:up\n{trigger}\n-- migrate:down\nDROP TRIGGER no_two;\n",
+            "2_table.up.sql": "CREATE TABLE two (id INT);",
+        },
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url)
+    assert result.returncode == 9, result.stdout + result.stderr  # a database error
+    assert "recording 2_table.up.sql in the tracking table 'app'" in result.stderr
+    assert "tracking refused" in result.stderr
+    assert "two" not in mysql_db.tables()
+    assert [r[0] for r in mysql_db.tracking("app")] == [1]
+    assert mysql_db.query("SELECT @@GLOBAL.read_only")  # the server is fine
+
+
+def test_literals_are_pymysqls(mysql_db: Database) -> None:
+    driver = _driver(mysql_db)
+    try:
+        values = (None, 0, -5, 2**70, True, 1.5, 1e-7, "", 'it\'s \\ "x"\x00\n\x1a ü 😀')
+        sql = " ".join(["%s"] * len(values))
+        for mode in ("", "NO_BACKSLASH_ESCAPES"):
+            driver.execute("SET SESSION sql_mode = %s", (mode,))
+            assert driver._run_sql_params(sql, values) == driver.conn.cursor().mogrify(sql, values)
+            (echo,) = driver.fetch("SELECT " + driver._run_sql_params("%s", (values[-1],)))
+            assert echo == (values[-1],)
+    finally:
+        driver.close()
