@@ -141,14 +141,22 @@ def test_tables_of_other_column_types_are_read_the_plain_way(mysql_db: Database)
         rows = _nasty_rows()[:4]
         _insert(mysql_db, "ours", rows)
         _insert(mysql_db, "theirs", rows)
-        driver.tables_columns(["ours", "theirs"])
-        assert "theirs" not in driver._json_tables
-        read = driver.read_rows_many(["ours", "theirs"])
+        # Our types, but a NULL where create_table says NOT NULL: its JSON row is NULL.
+        driver.create_table("nullable")
+        driver.execute("ALTER TABLE nullable MODIFY applied_at DATETIME(6) NULL")
+        _insert(mysql_db, "nullable", rows)
+        driver.execute("UPDATE nullable SET applied_at = NULL WHERE version = %s", (rows[1][0],))
+        tables = ["ours", "theirs", "nullable"]
+        driver.tables_columns(tables)
+        assert driver._json_tables == {"ours", "nullable"}
+        read = driver.read_rows_many(tables)
         # Table by table: in one UNION the VARCHAR would make every table's applied_at text.
-        assert read["ours"] == Driver.read_rows_many(driver, ["ours"])["ours"]
-        assert read["theirs"] == Driver.read_rows_many(driver, ["theirs"])["theirs"]
+        for table in tables:
+            assert read[table] == Driver.read_rows_many(driver, [table])[table]
         assert [r.applied_at for r in read["theirs"]] == [None] * 4
         assert all(r.applied_at is not None for r in read["ours"])
+        assert [r.applied_at is None for r in read["nullable"]].count(True) == 1
+        assert not driver._read_json_rows(["nullable"], {})
     finally:
         driver.close()
 
