@@ -426,10 +426,13 @@ class MySQLDriver(Driver):
         query = self._writes(pending) + sql if pending else sql
         ours = self._results_of_writes(pending)  # results before the statement's
         done = 0
+        progress_sql: str | None = None
         try:
             with self.conn.cursor() as cur:
                 cur.execute(query)
                 done = 1
+                if done <= ours:  # our writes' result: the server runs the statement now
+                    progress_sql = self._run_sql_params(*self.progress_sql(progress))
                 while cur.nextset():
                     done += 1
         except pymysql.MySQLError as exc:
@@ -453,7 +456,9 @@ class MySQLDriver(Driver):
             # It did not commit implicitly after all (a TEMPORARY table, say): commit our
             # writes, and the statement with them, now.
             self.execute("COMMIT")
-        self._pending.append(self._run_sql_params(*self.progress_sql(progress)))
+        if progress_sql is None:
+            progress_sql = self._run_sql_params(*self.progress_sql(progress))
+        self._pending.append(progress_sql)
 
     def _writes(self, writes: Sequence[str], end: str = "") -> str:
         """Our tracking writes in a transaction (left open unless `end` is COMMIT), as SQL
