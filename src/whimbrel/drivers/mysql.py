@@ -128,7 +128,7 @@ class MySQLDriver(Driver):
             and mariadb >= (10, 5)
             and str(self._connect_kwargs["charset"]).lower() == "utf8mb4"
         )
-        # MariaDB runs `BEGIN NOT ATOMIC ... END` (10.1.1+): our tracking writes as one
+        # MariaDB (10.2+ here) runs `BEGIN NOT ATOMIC ... END`: our tracking writes as one
         # statement, so one result to read instead of one per write (see _writes).
         self._compound = mariadb is not None and mariadb >= (10, 2)
         self._json_tables: set[str] = set()
@@ -484,8 +484,6 @@ class MySQLDriver(Driver):
                 literals.append("NULL")
             elif type(value) is int:
                 literals.append(str(value))
-            elif type(value) is str:
-                literals.append(conn.escape(value))
             else:
                 literals.append(conn.escape(value))
         return sql % tuple(literals)
@@ -573,8 +571,8 @@ _new_row = builder(TrackingRow)
 
 
 def _rows_from_json(values: list[list[Any]]) -> list[TrackingRow]:
-    """TrackingRows from JSON_ARRAY(number, version, ..., applied_by) of a table with our
-    column types, as tracking_row makes them from the plain rows."""
+    """TrackingRows from the JSON arrays [number, version, ..., applied_by] of a table with
+    our column types, as tracking_row makes them from the plain rows."""
     iso = datetime.fromisoformat
     try:
         # The values already have their types: no int() or str() to call 10,000 times.
@@ -600,8 +598,8 @@ def _rows_from_json(values: list[list[Any]]) -> list[TrackingRow]:
 
 
 def _json_datetime(value: object) -> datetime | None:
-    """applied_at as JSON_ARRAY writes a DATETIME(6): the naive UTC datetime PyMySQL makes
-    of it, with its zone; None where PyMySQL gives up (a zero or invalid date)."""
+    """applied_at, a DATETIME(6) as the server writes it: the naive UTC datetime PyMySQL
+    makes of it, with its zone; None where PyMySQL gives up (a zero or invalid date)."""
     if not isinstance(value, str):
         return None
     try:
