@@ -126,6 +126,12 @@ def test_json_rows_are_the_plain_rows(mysql_db: Database) -> None:
         assert all(r.applied_at is not None and r.applied_at.tzinfo == UTC for r in rows)
         assert [r.applied_at for r in read["zero_dates"]].count(None) == 3
         assert read["empty"] == []
+
+        # Whatever the session's SQL mode (CHAR padding, quotes, backslashes).
+        driver.execute("SET SESSION sql_mode = 'ANSI,NO_BACKSLASH_ESCAPES,PAD_CHAR_TO_FULL_LENGTH'")
+        again: dict[str, Any] = {table: [] for table in tables}
+        assert driver._read_json_rows(tables, again)
+        assert again == plain == Driver.read_rows_many(driver, tables)
     finally:
         driver.close()
 
