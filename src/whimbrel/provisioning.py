@@ -359,6 +359,9 @@ def _pg_drop(url: DatabaseURL, name: str, connect_timeout: float) -> bool:
 def _mysql_connect(
     url: DatabaseURL, connect_timeout: float, *, database: bool
 ) -> pymysql.connections.Connection[Any]:
+    from whimbrel.drivers.mysql import import_pymysql
+
+    import_pymysql()  # without the cryptography it does not need
     import pymysql
 
     params = url.params

@@ -16,22 +16,31 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import json
 import math
 import re
+import sys
 import time
+import types
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, ClassVar
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from whimbrel._fast import builder
 from whimbrel.drivers.base import (
     APPLYING,
+    TRACKING_COLUMNS,
     Driver,
     InsertRow,
     LockWaitCallback,
     Progress,
     StatementError,
+    TrackingRow,
     TrackingWrite,
     columns_by_table,
+    tracking_row,
 )
 from whimbrel.errors import ConnectionFailed, DatabaseError, LockTimeout, UsageError
 from whimbrel.urls import DatabaseURL, redact
@@ -54,6 +63,27 @@ _AT_LINE = re.compile(r" at line (\d+)$")
 # Client-side errors: the server went away or could not be reached.
 _CONNECTION_ERRORS = {2003, 2006, 2013, 2055}
 _MAX_LOCK_NAME = 64
+# The columns of a tracking table as create_table makes them: (name, DATA_TYPE,
+# CHARACTER_SET_NAME) in information_schema.COLUMNS. Only such a table is read as JSON,
+# where these types come back exactly as PyMySQL's own conversions give them.
+_OUR_COLUMN_TYPES = frozenset(
+    {
+        ("version", "bigint", None),
+        ("name", "varchar", "utf8mb4"),
+        ("file", "varchar", "utf8mb4"),
+        ("sha256", "char", "utf8mb4"),
+        ("status", "varchar", "utf8mb4"),
+        ("statements_done", "int", None),
+        ("statements_sha256", "char", "utf8mb4"),
+        ("error", "text", "utf8mb4"),
+        ("down_sql", "longtext", "utf8mb4"),
+        ("applied_at", "datetime", None),
+        ("duration_ms", "double", None),
+        ("applied_by", "varchar", "utf8mb4"),
+    }
+)
+assert {c for c, _, _ in _OUR_COLUMN_TYPES} == set(TRACKING_COLUMNS)
+_MARIADB_VERSION = re.compile(r"(\d+)\.(\d+)\.\d+-MariaDB")
 
 
 class MySQLDriver(Driver):
@@ -62,6 +92,7 @@ class MySQLDriver(Driver):
 
     def __init__(self, url: DatabaseURL, *, connect_timeout: float, application_name: str) -> None:
         super().__init__(url)
+        import_pymysql()
         from pymysql.constants import CLIENT
 
         if not url.database:
@@ -86,6 +117,21 @@ class MySQLDriver(Driver):
         if ssl or params.get("ssl", "").lower() in {"true", "1"}:
             self._connect_kwargs["ssl"] = ssl
         self.conn = self._connect()
+        # Whether read_rows_many reads rows as JSON text: on MariaDB 10.5+ (10.11 is tested;
+        # MySQL's JSON differs in details, so it keeps the plain rows), with the utf8mb4
+        # connection the plain rows are decoded from; and which tables have exactly our
+        # column types, as tables_columns last saw them.
+        version = _MARIADB_VERSION.search(str(self.conn.server_version))  # type: ignore[attr-defined]
+        mariadb = (int(version[1]), int(version[2])) if version else None
+        self._json_rows = (
+            mariadb is not None
+            and mariadb >= (10, 5)
+            and str(self._connect_kwargs["charset"]).lower() == "utf8mb4"
+        )
+        # MariaDB (10.2+ here) runs `BEGIN NOT ATOMIC ... END`: our tracking writes as one
+        # statement, so one result to read instead of one per write (see _writes).
+        self._compound = mariadb is not None and mariadb >= (10, 2)
+        self._json_tables: set[str] = set()
         # Tracking writes that travel with the next statement that commits implicitly, or
         # before anything else this connection sends (_run).
         self._pending: list[str] = []
@@ -264,11 +310,65 @@ class MySQLDriver(Driver):
         # TABLES opens every table of the database: 60 ms with 1,000 of them). A table
         # always has a column, so it is there exactly when it has rows here.
         rows = self.fetch(
-            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
-            f"WHERE TABLE_SCHEMA = %s AND TABLE_NAME IN ({marks})",
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME "
+            f"FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME IN ({marks})",
             (self.url.database, *tables),
         )
-        return columns_by_table(rows, fold_case=True)  # MySQL column names ignore case
+        types: dict[str, set[tuple[str, str, object]]] = {}
+        for table, column, data_type, charset in rows:
+            types.setdefault(str(table), set()).add(
+                (str(column).lower(), str(data_type).lower(), charset)
+            )
+        self._json_tables = {table for table, found in types.items() if found == _OUR_COLUMN_TYPES}
+        # MySQL column names ignore case
+        return columns_by_table(((r[0], r[1]) for r in rows), fold_case=True)
+
+    def read_rows_many(self, tables: Sequence[str]) -> dict[str, list[TrackingRow]]:
+        """As Driver.read_rows_many, but on MariaDB each row comes as one JSON text: PyMySQL
+        then decodes one string per row, not twelve values with a converter each, and one
+        json.loads parses them all (10,000 rows: ~0.08 s, not ~0.2 s).
+
+        Only tables with exactly our column types are read so (tables_columns saw them);
+        the others, and every table of a query the server refuses, are read the plain
+        way, which reports any error as it always has.
+        """
+        if not self._json_rows:
+            return super().read_rows_many(tables)
+        result: dict[str, list[TrackingRow]] = {table: [] for table in tables}
+        ours = [table for table in tables if table in self._json_tables]
+        plain = [table for table in tables if table not in self._json_tables]
+        for start in range(0, len(ours), _JSON_TABLES_PER_QUERY):
+            chunk = ours[start : start + _JSON_TABLES_PER_QUERY]
+            if not self._read_json_rows(chunk, result):
+                result.update(super().read_rows_many(chunk))
+        if plain:  # apart from ours: a UNION gives all its tables one column type
+            result.update(super().read_rows_many(plain))
+        return result
+
+    def _read_json_rows(self, tables: Sequence[str], result: dict[str, list[TrackingRow]]) -> bool:
+        """Read `tables` into `result` as JSON rows; False if the server refused."""
+        import pymysql
+
+        # Each row a JSON array (not JSON_ARRAYAGG: that copies every row through a
+        # temporary table with BLOB fields, which costs more than it saves, and is cut at
+        # group_concat_max_len). Its first value, where tracking_row expects the table's
+        # name, is the table's place in `tables`.
+        selects = [
+            f"SELECT CONCAT('[{number},', {_JSON_ROW}) FROM {self.qualified(table)}"
+            for number, table in enumerate(tables)
+        ]
+        found: list[list[Any]] = [[] for _ in tables]
+        try:
+            rows = self._run(" UNION ALL ".join(selects), ())
+            for value in json.loads("[" + ",".join([row[0] for row in rows]) + "]"):  # type: ignore[misc]
+                found[value[0]].append(value)
+        except (pymysql.MySQLError, TypeError, ValueError, IndexError):
+            return False
+        version = itemgetter(1)
+        for table, values in zip(tables, found, strict=True):
+            values.sort(key=version)  # in the plain query's order (ORDER BY 1, 2)
+            result[table] = _rows_from_json(values)
+        return True
 
     def create_table(self, table: str) -> None:
         comment = f"whimbrel: applied migrations of the set {table}"
@@ -323,13 +423,16 @@ class MySQLDriver(Driver):
         import pymysql
 
         pending, self._pending = self._pending, []
-        query = "BEGIN;\n" + "".join(w + ";\n" for w in pending) + sql if pending else sql
-        ours = 1 + len(pending) if pending else 0  # results before the statement's
+        query = self._writes(pending) + sql if pending else sql
+        ours = self._results_of_writes(pending)  # results before the statement's
         done = 0
+        progress_sql: str | None = None
         try:
             with self.conn.cursor() as cur:
                 cur.execute(query)
                 done = 1
+                if done <= ours:  # our writes' result: the server runs the statement now
+                    progress_sql = self._run_sql_params(*self.progress_sql(progress))
                 while cur.nextset():
                     done += 1
         except pymysql.MySQLError as exc:
@@ -353,10 +456,37 @@ class MySQLDriver(Driver):
             # It did not commit implicitly after all (a TEMPORARY table, say): commit our
             # writes, and the statement with them, now.
             self.execute("COMMIT")
-        self._pending.append(self._run_sql_params(*self.progress_sql(progress)))
+        if progress_sql is None:
+            progress_sql = self._run_sql_params(*self.progress_sql(progress))
+        self._pending.append(progress_sql)
+
+    def _writes(self, writes: Sequence[str], end: str = "") -> str:
+        """Our tracking writes in a transaction (left open unless `end` is COMMIT), as SQL
+        to send in front of a statement. On MariaDB they are one compound statement: one
+        OK packet for PyMySQL to read instead of one per write and one for BEGIN."""
+        if self._compound:
+            body = "".join(w + "; " for w in writes) + (end + "; " if end else "")
+            return f"BEGIN NOT ATOMIC START TRANSACTION; {body}END;\n"
+        return "BEGIN;\n" + "".join(w + ";\n" for w in writes) + (end + ";\n" if end else "")
+
+    def _results_of_writes(self, writes: Sequence[str]) -> int:
+        if not writes:
+            return 0
+        return 1 if self._compound else 1 + len(writes)
 
     def _run_sql_params(self, sql: str, params: Sequence[object]) -> str:
-        return self.conn.cursor().mogrify(sql, tuple(params))
+        """`sql` with its %s filled in, as PyMySQL's mogrify does it (its escaping, which
+        follows the session's NO_BACKSLASH_ESCAPES), with less work per value."""
+        conn = self.conn
+        literals = []
+        for value in params:
+            if value is None:
+                literals.append("NULL")
+            elif type(value) is int:
+                literals.append(str(value))
+            else:
+                literals.append(conn.escape(value))
+        return sql % tuple(literals)
 
     def run_statement(self, sql: str, index: int = 0) -> None:
         self._statement(sql, index)
@@ -375,7 +505,7 @@ class MySQLDriver(Driver):
         """Send the tracking writes that wait for the next statement, as one transaction."""
         pending, self._pending = self._pending, []
         if pending:
-            self.execute("BEGIN;\n" + "".join(w + ";\n" for w in pending) + "COMMIT")
+            self.execute(self._writes(pending, end="COMMIT").removesuffix(";\n"))
 
     def _statement(self, sql: str, index: int, *, body: str | None = None) -> None:
         import pymysql
@@ -421,6 +551,99 @@ class MySQLDriver(Driver):
         self.conn = self._connect()
         if self.lock_conn is not None:  # we hold the run lock, so this is free at once
             self._lock(self.conn, self.work_lock_name, self._lock_timeout, lambda _: None)
+
+
+_JSON_TABLES_PER_QUERY = 200
+# A tracking row as the rest of a JSON array: JSON_QUOTE for the text (exact for any
+# character), numbers and the DATETIME(6) as the server writes them. CONCAT of JSON_QUOTEs
+# costs the server ~10% less than one JSON_ARRAY of all twelve. A NULL where our table has
+# NOT NULL makes the row NULL, and the table is read the plain way.
+_JSON_ROW = (
+    "version, ',', JSON_QUOTE(name), ',', JSON_QUOTE(file), ',', JSON_QUOTE(sha256), ',', "
+    "JSON_QUOTE(status), ',', statements_done, ',', IFNULL(JSON_QUOTE(statements_sha256), "
+    "'null'), ',', IFNULL(JSON_QUOTE(error), 'null'), ',', down_sql IS NOT NULL, ',\"', "
+    "applied_at, '\",', IFNULL(duration_ms, 'null'), ',', IFNULL(JSON_QUOTE(applied_by), "
+    "'null'), ']'"
+)
+
+
+_new_row = builder(TrackingRow)
+
+
+def _rows_from_json(values: list[list[Any]]) -> list[TrackingRow]:
+    """TrackingRows from the JSON arrays [number, version, ..., applied_by] of a table with
+    our column types, as tracking_row makes them from the plain rows."""
+    iso = datetime.fromisoformat
+    try:
+        # The values already have their types: no int() or str() to call 10,000 times.
+        return [
+            _new_row(
+                v[1],
+                v[2],
+                v[3],
+                v[4].strip(),
+                v[5],
+                v[6],
+                None if v[7] is None else v[7].strip(),
+                v[8],
+                bool(v[9]),
+                iso(v[10] + "+00:00"),  # a DATETIME(6), in UTC
+                None if v[11] is None else float(v[11]),
+                v[12],
+            )
+            for v in values
+        ]
+    except (TypeError, ValueError, AttributeError):  # a zero or invalid date, say
+        return [tracking_row(v, _json_datetime) for v in values]
+
+
+def _json_datetime(value: object) -> datetime | None:
+    """applied_at, a DATETIME(6) as the server writes it: the naive UTC datetime PyMySQL
+    makes of it, with its zone; None where PyMySQL gives up (a zero or invalid date)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value + "+00:00")
+    except ValueError:
+        return None
+
+
+# What PyMySQL's auth module imports from `cryptography`, used only for MySQL 8's RSA
+# password exchange (caching_sha2_password or sha256_password without TLS).
+_DEFERRED_MODULES = (
+    "cryptography.hazmat.primitives.hashes",
+    "cryptography.hazmat.primitives.serialization",
+    "cryptography.hazmat.primitives.asymmetric.padding",
+)
+
+
+class _Deferred(types.ModuleType):
+    """Stands for a module until one of its attributes is used, then imports it."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attribute)
+
+
+def import_pymysql() -> None:
+    """`import pymysql`, minus ~15 ms: its auth module imports three modules of
+    `cryptography` (and through them the OpenSSL bindings) for MySQL 8's RSA password
+    exchange, which MariaDB and most MySQL setups never use. It gets stand-ins that import
+    them on first use; everything else imports them as usual.
+    """
+    if "pymysql" in sys.modules:
+        return
+    stand_ins: dict[str, types.ModuleType] = {}
+    if "cryptography" not in sys.modules:  # else it is paid for already
+        stand_ins = {name: _Deferred(name) for name in _DEFERRED_MODULES}
+    sys.modules.update(stand_ins)
+    try:
+        import pymysql  # noqa: F401
+    finally:
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
 
 
 _CONNECTION_CLASS: type[Connection] | None = None
