@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -450,10 +451,10 @@ def test_a_file_changed_between_verification_and_parsing_is_refused(
     manifest = save(tmp_path, "m.manifest", manifest_of(tree))
     real = api.load_sets
 
-    def altered_meanwhile(path: object, only: object = None, *, lazy: bool = False) -> object:
+    def altered_meanwhile(path: object, only: object = None, **options: Any) -> object:
         target = tree / "testdb" / SECRETS
         target.write_text(target.read_text() + "\n-- altered meanwhile\n")
-        return real(path, only, lazy=lazy)  # type: ignore[arg-type]
+        return real(path, only, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(api, "load_sets", altered_meanwhile)
     with pytest.raises(ManifestMismatch, match=f"{SECRETS} changed after it was verified"):

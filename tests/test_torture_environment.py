@@ -432,3 +432,51 @@ def test_sqlite_path_that_is_not_a_database(content: str, message: str, tmp_path
         assert result.returncode == 6, result.stderr
         assert f"cannot open SQLite database {path}: {message}" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+# -- inspect reads the database while it reads the files (engine.EarlyRead) -----------------
+@pytest.mark.parametrize("scheme", ["postgres", "mysql"])
+def test_inspect_of_a_silent_server_connects_once(scheme: str, tmp_path: Path) -> None:
+    """The tracking tables are read while the files are hashed; a connection that fails
+    there is reported as is, not tried a second time (twice the connect timeout)."""
+    listener = _Listener(None)
+    url = f"{scheme}://app:{QUOTED_SECRET}@127.0.0.1:{listener.port}/db"
+    try:
+        started = time.monotonic()
+        result = run_cli(
+            "migrations", "inspect", str(_tree(tmp_path)), "--url", url,
+            "--connect-timeout", str(CONNECT_TIMEOUT), timeout=60,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        connections = len(listener.conns)
+    finally:
+        listener.close()
+    assert result.returncode == 6, result.stderr
+    assert f"cannot connect to {scheme}://app:***@127.0.0.1:{listener.port}/db" in result.stderr
+    _assert_hidden(result)
+    assert connections == 1
+    assert CONNECT_TIMEOUT * 0.9 <= elapsed < 2 * CONNECT_TIMEOUT, (elapsed, result.stderr)
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "mysql"])
+def test_inspect_of_an_invalid_tree_says_so_without_waiting_for_the_server(
+    scheme: str, tmp_path: Path
+) -> None:
+    """An invalid file is reported (exit 5) as soon as discovery finds it, whatever the
+    connection that started meanwhile is still doing."""
+    tree = _tree(tmp_path)
+    (tree / "2_again.up.sql").write_text("CREATE TABLE again (id INT);\n")  # version 2 twice
+    listener = _Listener(None)
+    url = f"{scheme}://app:{QUOTED_SECRET}@127.0.0.1:{listener.port}/db"
+    try:
+        started = time.monotonic()
+        result = run_cli(
+            "migrations", "inspect", str(tree), "--url", url, "--connect-timeout", "30",
+            timeout=60,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+    assert result.returncode == 5, result.stderr
+    assert "2_again.up.sql" in result.stderr
+    assert elapsed < 10, elapsed  # not the 30 s connect timeout

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,14 +41,22 @@ __all__ = [
 
 
 def load_sets(
-    path: str | os.PathLike[str], only: Sequence[str] | None = None, *, lazy: bool = False
+    path: str | os.PathLike[str],
+    only: Sequence[str] | None = None,
+    *,
+    lazy: bool = False,
+    on_found: Callable[[list[str]], None] | None = None,
 ) -> list[MigrationSet]:
     """Discover the sets under `path`; `only` keeps the named ones (unknown names are an error).
 
     Every file is checked, unless `lazy`: then a file's sections are parsed when first used,
-    which a run does for every migration it will run before it runs any.
+    which a run does for every migration it will run before it runs any. `on_found` is
+    told the names of the sets to be loaded before their files are read.
     """
-    sets = discover(path, lazy=lazy)
+    found = on_found
+    if on_found is not None and only:
+        found = lambda names: on_found([n for n in names if n in only])  # noqa: E731
+    sets = discover(path, lazy=lazy, on_found=found)
     if not only:
         return sets
     names = {s.name for s in sets}
@@ -84,11 +92,22 @@ def inspect(
     """
     options = RunOptions(connect_timeout=connect_timeout)
     parsed = _url(url)
-    with open_sets(
-        path, sets=sets, manifest=manifest, manifest_store=manifest_store, dialect=parsed.dialect
-    ) as source:
-        _ready(parsed, wait=wait, create_db=False, connect_timeout=connect_timeout)
-        return engine.inspect(source.sets, parsed, options)
+    # The tracking tables are read while the files are (not when waiting for the server).
+    early = engine.EarlyRead(parsed, options) if not wait else None
+    try:
+        with open_sets(
+            path,
+            sets=sets,
+            manifest=manifest,
+            manifest_store=manifest_store,
+            dialect=parsed.dialect,
+            on_found=early.start if early is not None else None,
+        ) as source:
+            _ready(parsed, wait=wait, create_db=False, connect_timeout=connect_timeout)
+            return engine.inspect(source.sets, parsed, options, early=early)
+    finally:
+        if early is not None:
+            early.abandon()
 
 
 def apply(

@@ -11,7 +11,7 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -135,15 +135,22 @@ def validate_set_name(name: str, path: Path | str) -> None:
         )
 
 
-def discover(path: str | os.PathLike[str], *, lazy: bool = False) -> list[MigrationSet]:
+def discover(
+    path: str | os.PathLike[str],
+    *,
+    lazy: bool = False,
+    on_found: Callable[[list[str]], None] | None = None,
+) -> list[MigrationSet]:
     """Find and read every migration set under `path`, in name order.
 
     Every file is read and hashed, and its name checked. With `lazy`, the sections of each
     file (dbmate markers, options, the down file) are parsed when first used, which the
     engine does for every migration it will run before it runs any; otherwise here.
+    `on_found` is told the sets' names once the folders are listed, before any file is
+    read (so that the database can be read meanwhile).
     """
     with paused_gc():
-        sets = _discover(path)
+        sets = _discover(path, on_found)
     if not lazy:
         for migration_set in sets:
             for migration in migration_set.migrations:
@@ -151,7 +158,9 @@ def discover(path: str | os.PathLike[str], *, lazy: bool = False) -> list[Migrat
     return sets
 
 
-def _discover(path: str | os.PathLike[str]) -> list[MigrationSet]:
+def _discover(
+    path: str | os.PathLike[str], on_found: Callable[[list[str]], None] | None
+) -> list[MigrationSet]:
     root = Path(path)
     if not root.exists():
         raise InvalidMigrationsError(f"migrations path {root} does not exist")
@@ -168,6 +177,8 @@ def _discover(path: str | os.PathLike[str]) -> list[MigrationSet]:
         )
     if own_files:
         name = os.path.basename(os.path.abspath(folder))
+        if on_found is not None:
+            on_found([name])
         return [_load_set(name, root, own_files)]
     if not set_folders:
         hint = ""
@@ -186,10 +197,10 @@ def _discover(path: str | os.PathLike[str]) -> list[MigrationSet]:
                 "with its version number, like 001_init.up.sql or 20231103205514_init.sql)"
             )
         raise InvalidMigrationsError(f"no migration files found in {root}{hint}")
-    return [
-        _load_set(os.path.basename(d), Path(d), scans[d][0])
-        for d in sorted(set_folders, key=os.path.basename)
-    ]
+    set_folders.sort(key=os.path.basename)
+    if on_found is not None:
+        on_found([os.path.basename(d) for d in set_folders])
+    return [_load_set(os.path.basename(d), Path(d), scans[d][0]) for d in set_folders]
 
 
 class FoundFile(NamedTuple):

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import re
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Protocol, overload
 
 from whimbrel._fast import paused_gc
-from whimbrel.discovery import Migration, MigrationSet, Section
+from whimbrel.discovery import SAFE_SET_NAME, Migration, MigrationSet, Section
 from whimbrel.drivers import Driver, connect
 from whimbrel.drivers.base import (
     APPLIED,
@@ -36,6 +37,7 @@ from whimbrel.drivers.base import (
     Progress,
     RowValues,
     StatementError,
+    TrackingRow,
     client_identity,
 )
 from whimbrel.errors import (
@@ -174,17 +176,25 @@ def locked(driver: Driver, options: RunOptions, reporter: Reporter) -> Iterator[
             driver.release_lock()
 
 
-def read_states(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
+def read_states(
+    driver: Driver, sets: Sequence[MigrationSet], early: _Tables | None = None
+) -> list[SetState]:
     """Every set's state in two round trips, whatever the number of sets: one for which
-    tracking tables exist (and their columns), one for all their rows."""
+    tracking tables exist (and their columns), one for all their rows (unless `early`
+    holds them: see EarlyRead)."""
     with paused_gc():  # a row and a state per migration, 10,000 of each: see paused_gc
-        return _read_states(driver, sets)
+        return _read_states(driver, sets, early)
 
 
-def _read_states(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
+def _read_states(
+    driver: Driver, sets: Sequence[MigrationSet], early: _Tables | None
+) -> list[SetState]:
     tables = [s.table for s in sets]
-    with _context("reading the tracking tables"):
-        columns = driver.tables_columns(tables)
+    if early is not None:
+        columns = {t: c for t, c in early.columns.items() if t in tables}
+    else:
+        with _context("reading the tracking tables"):
+            columns = driver.tables_columns(tables)
     for migration_set in sets:
         found = columns.get(migration_set.table)
         if found is not None and found != set(TRACKING_COLUMNS):
@@ -194,8 +204,11 @@ def _read_states(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]
                 + (f" (its columns: {', '.join(sorted(found))})" if found else "")
                 + "; whimbrel will not touch it. Rename the set's folder or that table."
             )
-    with _context("reading the tracking tables"):
-        rows = driver.read_rows_many([t for t in tables if t in columns])
+    if early is not None and early.rows is not None:
+        rows = early.rows
+    else:
+        with _context("reading the tracking tables"):
+            rows = driver.read_rows_many([t for t in tables if t in columns])
     secrets = driver.url.secrets()
     states = []
     for migration_set in sets:
@@ -763,8 +776,112 @@ def _sqlite_missing(url: DatabaseURL) -> bool:
     return url.dialect == "sqlite" and url.path is not None and not os.path.exists(url.path)
 
 
-def inspect(sets: Sequence[MigrationSet], url: DatabaseURL, options: RunOptions) -> list[SetState]:
+@dataclass
+class _Tables:
+    """What EarlyRead read: the tracking tables' columns, and their rows unless one of them
+    is not a tracking table (read_states then refuses it)."""
+
+    columns: dict[str, set[str]]
+    rows: dict[str, list[TrackingRow]] | None
+
+
+class EarlyRead:
+    """Reads the tracking tables in a thread while discovery reads and hashes the files.
+
+    Started with the sets' names once their folders are listed (and any manifest is
+    verified), so an inspect of 10,000 files waits for the server's answer while hashing,
+    not after. Everything else goes the usual way: `take` gives None when the early read
+    did not happen or did not succeed, and the caller reads again (reporting any error as
+    always), except a refused connection, which is reported as is rather than tried twice.
+    """
+
+    def __init__(self, url: DatabaseURL, options: RunOptions) -> None:
+        self.url = url
+        self.options = options
+        self._tables: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._guard = threading.Lock()
+        self._outcome: tuple[Driver, _Tables] | ConnectionFailed | None = None
+        self._abandoned = False
+
+    def start(self, names: list[str]) -> None:
+        if self.url.dialect == "sqlite" or self._thread is not None:
+            return  # a local file: nothing to overlap
+        if not all(SAFE_SET_NAME.fullmatch(name) for name in names):
+            return  # discovery refuses the set; no query is built from its name
+        self._tables = list(names)
+        self._thread = threading.Thread(target=self._read, name="whimbrel-early-read")
+        self._thread.daemon = True  # Ctrl-C or an invalid file ends the run without it
+        self._thread.start()
+
+    def _read(self) -> None:
+        outcome: tuple[Driver, _Tables] | ConnectionFailed | None = None
+        driver: Driver | None = None
+        try:
+            if self.url.dialect == "postgres":
+                driver = _fast_reader(self.url, self.options, "inspect")
+            else:
+                driver = connect(
+                    self.url,
+                    connect_timeout=self.options.connect_timeout,
+                    application_name=application_name("inspect"),
+                )
+            if driver is not None:
+                columns = driver.tables_columns(self._tables)
+                ours = all(found == set(TRACKING_COLUMNS) for found in columns.values())
+                rows = driver.read_rows_many(list(columns)) if ours else None
+                outcome = (driver, _Tables(columns, rows))
+        except ConnectionFailed as exc:
+            outcome = exc
+        except Exception:  # read again the usual way, which reports it
+            outcome = None
+        with self._guard:
+            keep = not self._abandoned and isinstance(outcome, tuple)
+            if keep or isinstance(outcome, ConnectionFailed):
+                self._outcome = outcome
+        if not keep and driver is not None:
+            driver.close()
+
+    def take(self, sets: Sequence[MigrationSet]) -> tuple[Driver, _Tables] | None:
+        """The session and what it read, when it read every set of `sets`."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        with self._guard:
+            outcome, self._outcome = self._outcome, None
+        if isinstance(outcome, ConnectionFailed):
+            raise outcome
+        if outcome is not None and not {s.table for s in sets} <= set(self._tables):
+            outcome[0].close()
+            return None
+        return outcome
+
+    def abandon(self) -> None:
+        """Close what was read and not taken; a read still running closes its own."""
+        with self._guard:
+            self._abandoned = True
+            outcome, self._outcome = self._outcome, None
+        if isinstance(outcome, tuple):
+            outcome[0].close()
+
+
+def inspect(
+    sets: Sequence[MigrationSet],
+    url: DatabaseURL,
+    options: RunOptions,
+    *,
+    early: EarlyRead | None = None,
+) -> list[SetState]:
     """Read the state of every set; a pending file that apply would reject is an error too."""
+    taken = early.take(sets) if early is not None else None
+    if taken is not None:
+        driver, tables = taken
+        try:
+            return _inspect(driver, sets, tables)
+        except FastPathUnavailable:
+            pass  # read again below
+        finally:
+            driver.close()
     reader = _fast_reader(url, options, "inspect")
     if reader is not None:
         try:
@@ -777,8 +894,10 @@ def inspect(sets: Sequence[MigrationSet], url: DatabaseURL, options: RunOptions)
         return _inspect(driver, sets)
 
 
-def _inspect(driver: Driver, sets: Sequence[MigrationSet]) -> list[SetState]:
-    states = read_states(driver, sets)
+def _inspect(
+    driver: Driver, sets: Sequence[MigrationSet], early: _Tables | None = None
+) -> list[SetState]:
+    states = read_states(driver, sets, early)
     for step, _ in _up_steps(states, RunOptions()):
         prepare(step, driver.dialect, driver.can_run_atomically)
     return states

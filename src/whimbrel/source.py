@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +79,7 @@ def open_sets(
     manifest: str | os.PathLike[str] | None = None,
     manifest_store: str | os.PathLike[str] | None = None,
     dialect: str | None = None,
+    on_found: Callable[[list[str]], None] | None = None,
 ) -> Iterator[Source]:
     """Yield the selected sets of a folder or bundle, verified; a bundle's files live until exit."""
     from whimbrel.api import load_sets
@@ -98,7 +99,8 @@ def open_sets(
             verified.append(
                 verify_manifest(root, manifest, store=manifest_store, sets=sets, dialect=dialect)
             )
-        loaded = load_sets(root, sets, lazy=True)  # the run checks what it will run
+        # The run checks what it will run; on_found hears of the sets once verified.
+        loaded = load_sets(root, sets, lazy=True, on_found=on_found)
         _unchanged_since_verified(loaded, verified)
         if bundle_path is not None:
             # Reports name where the sets come from, not the temporary folder they are in.
