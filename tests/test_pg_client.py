@@ -213,6 +213,24 @@ def _wait_for_sleep(db: Database) -> None:
         time.sleep(0.05)
 
 
+def _interrupt_while_sleeping(db: Database, command: str, tree: Path) -> tuple[int, str]:
+    """Run `command` on `tree`, Ctrl-C it once its pg_sleep runs; its exit code and stderr."""
+    proc = subprocess.Popen(
+        [*whimbrel_executable(), "migrations", command, str(tree), "--url", db.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_sleep(db)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, err
+
+
 def _still_running(db: Database) -> int:
     count: int = db.query(
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
@@ -268,20 +286,8 @@ def test_ctrl_c_during_a_revert_cancels_and_reverts_nothing(
         },
     )
     assert run_cli("migrations", "apply", str(tree), "--url", postgres_db.url).returncode == 0
-    proc = subprocess.Popen(
-        [*whimbrel_executable(), "migrations", "revert", str(tree), "--url", postgres_db.url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_for_sleep(postgres_db)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 130, err
+    returncode, err = _interrupt_while_sleeping(postgres_db, "revert", tree)
+    assert returncode == 130, err
     assert "nothing of it was reverted" in err
     assert _still_running(postgres_db) == 0
     assert "a" in postgres_db.tables()
@@ -445,20 +451,8 @@ def test_ctrl_c_in_a_first_run_leaves_no_tracking_table(
     tree = write_tree(
         tmp_path / "app", {"1_slow.up.sql": "CREATE TABLE s (id INT);\nSELECT pg_sleep(30);"}
     )
-    proc = subprocess.Popen(
-        [*whimbrel_executable(), "migrations", "apply", str(tree), "--url", postgres_db.url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_for_sleep(postgres_db)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 130, err
+    returncode, err = _interrupt_while_sleeping(postgres_db, "apply", tree)
+    assert returncode == 130, err
     assert "nothing of it was applied" in err
     assert _still_running(postgres_db) == 0
     assert not {"s", "app"} & postgres_db.tables()
