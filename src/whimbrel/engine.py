@@ -1221,7 +1221,11 @@ def _execute_all(
     driver: Driver, planned: Sequence[Step], result: RunResult, reporter: Reporter
 ) -> None:
     try:
-        for step in planned:
+        for trip in _round_trips(driver, planned):
+            if len(trip) > 1:
+                _execute_round_trip(driver, trip, result, reporter)
+                continue
+            step = trip[0]
             reporter.step_started(step)
             outcome = execute_step(driver, step)
             result.steps.append(outcome)
@@ -1234,6 +1238,113 @@ def _execute_all(
     except KeyboardInterrupt as exc:  # -o json still reports what ran before it
         exc.partial = result  # type: ignore[attr-defined]
         raise
+
+
+# Small migrations that each run in a transaction go to PostgreSQL several per round trip,
+# up to this much SQL or this many: a round trip costs more than a small migration.
+_TRIP_CHARS = 64 << 10
+_TRIP_STEPS = 50
+
+
+def _round_trips(driver: Driver, planned: Sequence[Step]) -> Iterator[list[Step]]:
+    if not driver.batches_atomic:
+        yield from ([step] for step in planned)
+        return
+    trip: list[Step] = []
+    size = 0
+    for step in planned:
+        length = len(step.section.sql)
+        if not step.atomic or length > min(_TRIP_CHARS, _PIECE_CHARS):
+            if trip:
+                yield trip
+                trip, size = [], 0
+            yield [step]
+            continue
+        if trip and (size + length > _TRIP_CHARS or len(trip) == _TRIP_STEPS):
+            yield trip
+            trip, size = [], 0
+        trip.append(step)
+        size += length
+    if trip:
+        yield trip
+
+
+def _execute_round_trip(
+    driver: Driver, trip: Sequence[Step], result: RunResult, reporter: Reporter
+) -> None:
+    """Several atomic steps in one round trip, each in its own transaction. A step is
+    reported once the round trip is back: only then is it known to be done."""
+    reporter.step_started(trip[0])
+    started = time.perf_counter()
+    done = len(trip)
+    failure: WhimbrelError | Interrupted | None = None
+    try:
+        driver.run_many_atomic([_atomic_item(driver, step) for step in trip])
+    except StatementError as exc:
+        done = exc.item
+        _reset_quietly(driver, trip[done])
+        failure = _failure(trip[done], exc, rolled_back=True)
+    except ConnectionFailed as exc:
+        raise ConnectionFailed(f"{exc.message}\n{_while_trip(trip)}") from None
+    except DatabaseError as exc:
+        _reset_quietly(driver, trip[0])
+        raise DatabaseError(f"{exc.message}\n{_while_trip(trip)}") from None
+    except KeyboardInterrupt:
+        _reset_quietly(driver, trip[0])
+        committed = _committed(driver, trip)
+        if committed is None:
+            verb = "applying" if trip[0].direction == "up" else "reverting"
+            raise Interrupted(
+                f"interrupted while {verb} {_running(trip)}: each of them runs in a "
+                "transaction of its own, so each is done whole or not at all; `whimbrel "
+                "migrations inspect` shows which. Migrations after them did not run."
+            ) from None
+        done = committed
+        failure = Interrupted(
+            _interrupted(trip[done])
+            if done < len(trip)
+            else f"interrupted after {_running(trip)}. Migrations after them did not run."
+        )
+    # They shared a round trip: each gets its share of the time.
+    share = (time.perf_counter() - started) * 1000 / len(trip)
+    for number, step in enumerate(trip[:done]):
+        if number:
+            reporter.step_started(step)
+        outcome = _outcome(step, share)
+        result.steps.append(outcome)
+        reporter.step_finished(step, outcome)
+    if failure is not None:
+        if 0 < done < len(trip):
+            reporter.step_started(trip[done])
+        raise failure
+
+
+def _committed(driver: Driver, trip: Sequence[Step]) -> int | None:
+    """After an interrupted round trip: how many of its steps committed, read back from
+    their tracking tables (they run in order, each whole or not at all); None if the
+    session cannot tell."""
+    count = 0
+    try:
+        for step in trip:
+            recorded = driver.fetch(
+                f"SELECT 1 FROM {driver.qualified(step.table)} WHERE version = "
+                f"{driver.placeholder}",
+                (step.version,),
+            )
+            if bool(recorded) != (step.direction == "up"):
+                break
+            count += 1
+    except Exception:  # the connection did not survive the interrupt
+        return None
+    return count
+
+
+def _while_trip(trip: Sequence[Step]) -> str:
+    return (
+        f"while running {_running(trip)}: each of them runs in a transaction of its own, "
+        "which the database rolls back unless the connection broke during its COMMIT; "
+        "`whimbrel migrations inspect` shows where they stand"
+    )
 
 
 @contextmanager

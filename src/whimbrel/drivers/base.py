@@ -473,6 +473,16 @@ class Driver(ABC):
                 exc.item = number
                 raise
 
+    # Whether run_many_atomic sends several migrations in one round trip.
+    batches_atomic: ClassVar[bool] = False
+
+    def run_many_atomic(self, items: Sequence[AtomicItem]) -> None:
+        """Several migrations, each in a transaction of its own with its tracking writes and
+        the session reset after it, in one round trip, stopping at the first failure: a
+        StatementError says which in `item`; those before it are committed. Only for a
+        driver with `batches_atomic`."""
+        raise NotImplementedError
+
     @abstractmethod
     def run_statement(self, sql: str, index: int = 0) -> None:
         """Run one statement of a migration; a StatementError carries `index`."""

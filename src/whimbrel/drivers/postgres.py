@@ -168,6 +168,7 @@ def connection_options(
 class PostgresDriver(Driver):
     dialect: ClassVar = "postgres"
     transactional_ddl: ClassVar = True
+    batches_atomic: ClassVar = True
 
     def __init__(self, url: DatabaseURL, *, connect_timeout: float, application_name: str) -> None:
         super().__init__(url)
@@ -495,21 +496,35 @@ class PostgresDriver(Driver):
                 exc.item = 0
                 raise
             return
+        self._run_many(items, own_transactions=False)
+
+    def run_many_atomic(self, items: Sequence[AtomicItem]) -> None:
+        # Each in its own transaction, committed without waiting for the WAL flush (see
+        # _run_wrapped), all in one round trip: the server stops at the first error.
+        self._run_many(items, own_transactions=True)
+
+    def _run_many(self, items: Sequence[AtomicItem], *, own_transactions: bool) -> None:
         started_mark = "SELECT set_config('whimbrel.started', clock_timestamp()::text, true);\n"
         started = "current_setting('whimbrel.started')::timestamptz"
+        begin = "BEGIN;\n" + started_mark if own_transactions else started_mark
         as_ourselves = "SET LOCAL SESSION AUTHORIZATION DEFAULT;\nSET LOCAL ROLE NONE;\n"
+        commit = "COMMIT;\n" if own_transactions else ""
+        if own_transactions:
+            as_ourselves += "SET LOCAL synchronous_commit = off;\n"
+        ours = as_ourselves.count(";") + bool(commit) + self._reset_results  # results
+        ahead = begin.count(";")  # results before an item's first statement
         parts: list[str] = []
         offsets: list[int] = []  # where each item's SQL starts in the query
         result_counts: list[int] = []  # results each item produces, its SQL's first
         length = 0
         for item in items:
             tail = "".join(self._render(w, started) + ";\n" for w in item.writes)
-            parts.append(started_mark)
-            offsets.append(length + len(started_mark))
-            chunk = item.sql + "\n;\n" + as_ourselves + tail + self._reset_sql + ";\n"
+            parts.append(begin)
+            offsets.append(length + len(begin))
+            chunk = item.sql + "\n;\n" + as_ourselves + tail + commit + self._reset_sql + ";\n"
             parts.append(chunk)
-            length += len(started_mark) + len(chunk)
-            result_counts.append(item.statement_count + 2 + len(item.writes) + self._reset_results)
+            length += len(begin) + len(chunk)
+            result_counts.append(item.statement_count + len(item.writes) + ours)
         failure = self._send("".join(parts))
         del parts
         if failure is None:
@@ -523,12 +538,12 @@ class PostgresDriver(Driver):
                 if start <= position < start + len(items[candidate].sql):
                     number, offset = candidate, position - start
                     break
-        # Without a position inside a file's SQL, count results: one for the started mark,
-        # then the item's.
+        # Without a position inside a file's SQL, count results: those of BEGIN and the
+        # started mark, then the item's.
         remaining = failure.result_index
         index = None
         for candidate, count in enumerate(result_counts):
-            remaining -= 1
+            remaining -= ahead
             if remaining < count:
                 if number is None:
                     number = candidate
@@ -539,6 +554,10 @@ class PostgresDriver(Driver):
             self._message(failure), index=index, position=offset, sqlstate=failure.sqlstate
         )
         error.item = number if number is not None else len(items) - 1
+        if own_transactions and failure.result_index == 0 and error.item > 0:
+            # PostgreSQL parses the whole query before it runs any of it: a syntax error
+            # in one migration stopped those before it too. Run them, then report it.
+            self._run_many(items[: error.item], own_transactions=True)
         raise error
 
     def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
