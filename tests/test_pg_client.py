@@ -203,37 +203,39 @@ def test_errors_and_reports_are_the_same_through_both_clients(tmp_path: Path) ->
 
 
 def _wait_for_sleep(db: Database) -> None:
-    running = (
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
-        "AND state = 'active' AND pid <> pg_backend_pid() AND datname = current_database()"
-    )
     deadline = time.monotonic() + 30
-    while not db.query(running)[0][0]:
+    while not _still_running(db):
         assert time.monotonic() < deadline, "the slow statement never ran"
         time.sleep(0.05)
 
 
-def _interrupt_while_sleeping(db: Database, command: str, tree: Path) -> tuple[int, str]:
-    """Run `command` on `tree`, Ctrl-C it once its pg_sleep runs; its exit code and stderr."""
+def _interrupt_while_sleeping(
+    db: Database, *args: str, signal_number: int = signal.SIGINT
+) -> tuple[int, str, str, float]:
+    """Run `whimbrel migrations *args`, signal it once its pg_sleep runs: its exit code,
+    stdout, stderr, and how long it took to stop after the signal."""
     proc = subprocess.Popen(
-        [*whimbrel_executable(), "migrations", command, str(tree), "--url", db.url],
+        [*whimbrel_executable(), "migrations", *args, "--url", db.url],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         _wait_for_sleep(db)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        sent = time.monotonic()
+        proc.send_signal(signal_number)
+        out, err = proc.communicate(timeout=20)
+        stopping = time.monotonic() - sent
     finally:
         proc.kill()
         proc.wait()
-    return proc.returncode, err
+    return proc.returncode, out, err, stopping
 
 
 def _still_running(db: Database) -> int:
+    # By what it waits on: pg_stat_activity shows a round trip's text, cut at 1 kB.
     count: int = db.query(
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
         "AND state = 'active' AND pid <> pg_backend_pid() AND datname = current_database()"
     )[0][0]
     return count
@@ -252,23 +254,12 @@ def test_a_signal_during_single_transaction_cancels_and_keeps_nothing(
             "3_c.up.sql": "CREATE TABLE c (id INT);",
         },
     )
-    command = ["migrations", "apply", str(tree), "--url", postgres_db.url, "--single-transaction"]
-    proc = subprocess.Popen(
-        [*whimbrel_executable(), *command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    number = getattr(signal, signal_name)
+    returncode, _, err, stopping = _interrupt_while_sleeping(
+        postgres_db, "apply", str(tree), "--single-transaction", signal_number=number
     )
-    try:
-        _wait_for_sleep(postgres_db)
-        sent = time.monotonic()
-        proc.send_signal(getattr(signal, signal_name))
-        _, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert time.monotonic() - sent < 10
-    assert proc.returncode == 128 + getattr(signal, signal_name), err
+    assert stopping < 10
+    assert returncode == 128 + number, err
     assert "interrupted while applying" in err and "the whole run was rolled back" in err
     assert _still_running(postgres_db) == 0  # cancelled on the server
     assert not {"a", "s", "c", "app"} & postgres_db.tables()
@@ -286,7 +277,7 @@ def test_ctrl_c_during_a_revert_cancels_and_reverts_nothing(
         },
     )
     assert run_cli("migrations", "apply", str(tree), "--url", postgres_db.url).returncode == 0
-    returncode, err = _interrupt_while_sleeping(postgres_db, "revert", tree)
+    returncode, _, err, _ = _interrupt_while_sleeping(postgres_db, "revert", str(tree))
     assert returncode == 130, err
     assert "nothing of it was reverted" in err
     assert _still_running(postgres_db) == 0
@@ -451,7 +442,7 @@ def test_ctrl_c_in_a_first_run_leaves_no_tracking_table(
     tree = write_tree(
         tmp_path / "app", {"1_slow.up.sql": "CREATE TABLE s (id INT);\nSELECT pg_sleep(30);"}
     )
-    returncode, err = _interrupt_while_sleeping(postgres_db, "apply", tree)
+    returncode, _, err, _ = _interrupt_while_sleeping(postgres_db, "apply", str(tree))
     assert returncode == 130, err
     assert "nothing of it was applied" in err
     assert _still_running(postgres_db) == 0

@@ -6,8 +6,6 @@ are not; each migration records its own time and starts from a clean session."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Database, both_pg_clients, run_cli, whimbrel_executable, write_tree
-from test_failures import _wait_until
+from conftest import Database, both_pg_clients, run_cli, write_tree
+from test_pg_client import _interrupt_while_sleeping, _still_running
 from whimbrel import engine
 from whimbrel.discovery import Section
 
@@ -60,21 +58,10 @@ def test_ctrl_c_in_a_round_trip_reports_exactly_what_committed(
     postgres_db: Database, tmp_path: Path
 ) -> None:
     tree = _five(tmp_path, "CREATE TABLE m3 (id INT);\nSELECT pg_sleep(30);\n")
-    command = ["migrations", "apply", str(tree), "--url", postgres_db.url, "-o", "json"]
-    proc = subprocess.Popen(
-        [*whimbrel_executable(), *command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, out, err, _ = _interrupt_while_sleeping(
+        postgres_db, "apply", str(tree), "-o", "json"
     )
-    try:
-        _wait_until(lambda: _sleeping(postgres_db), "migration 3 sleeps on the server")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 130, err
+    assert returncode == 130, err
     document = json.loads(out)
     assert [m["file"] for m in document["migrations"]] == ["001_m1.up.sql", "002_m2.up.sql"]
     assert document["error"]["exit_code"] == 130
@@ -82,18 +69,9 @@ def test_ctrl_c_in_a_round_trip_reports_exactly_what_committed(
         "interrupted while applying 003_m3.up.sql of set 'app': it ran in a transaction, so "
         "nothing of it was applied. Migrations after it did not run."
     )
-    assert not _sleeping(postgres_db)  # cancelled on the server
+    assert not _still_running(postgres_db)  # cancelled on the server
     assert [r[:2] for r in postgres_db.tracking("app")] == [(1, "applied"), (2, "applied")]
     assert not {"m3", "m4", "m5"} & postgres_db.tables()
-
-
-def _sleeping(db: Database) -> bool:
-    # By what it waits on: pg_stat_activity shows the round trip's text, cut at 1 kB.
-    count: int = db.query(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
-        "AND pid <> pg_backend_pid() AND datname = current_database()"
-    )[0][0]
-    return count > 0
 
 
 @both_pg_clients

@@ -1160,16 +1160,28 @@ _BATCH_CHARS = 1 << 20
 
 
 def _batches(planned: Sequence[Step]) -> Iterator[list[Step]]:
-    batch: list[Step] = []
+    return _grouped(planned, _BATCH_CHARS, len(planned), lambda step: False)
+
+
+def _grouped(
+    planned: Sequence[Step], chars: int, most: int, alone: Callable[[Step], bool]
+) -> Iterator[list[Step]]:
+    """Consecutive steps in groups of at most `most` steps and `chars` of SQL (a bigger
+    step makes a group of its own), in order; a step for which `alone` holds is alone."""
+    group: list[Step] = []
     size = 0
     for step in planned:
-        if batch and size + len(step.section.sql) > _BATCH_CHARS:
-            yield batch
-            batch, size = [], 0
-        batch.append(step)
-        size += len(step.section.sql)
-    if batch:
-        yield batch
+        length = len(step.section.sql)
+        if group and (alone(step) or size + length > chars or len(group) == most):
+            yield group
+            group, size = [], 0
+        group.append(step)
+        size += length
+        if alone(step):
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 def _rollback_quietly(driver: Driver) -> None:
@@ -1248,25 +1260,12 @@ _TRIP_STEPS = 50
 
 def _round_trips(driver: Driver, planned: Sequence[Step]) -> Iterator[list[Step]]:
     if not driver.batches_atomic:
-        yield from ([step] for step in planned)
-        return
-    trip: list[Step] = []
-    size = 0
-    for step in planned:
-        length = len(step.section.sql)
-        if not step.atomic or length > min(_TRIP_CHARS, _PIECE_CHARS):
-            if trip:
-                yield trip
-                trip, size = [], 0
-            yield [step]
-            continue
-        if trip and (size + length > _TRIP_CHARS or len(trip) == _TRIP_STEPS):
-            yield trip
-            trip, size = [], 0
-        trip.append(step)
-        size += length
-    if trip:
-        yield trip
+        return _grouped(planned, 0, 1, lambda step: True)
+    # A step run statement by statement, or sent in pieces, goes alone.
+    limit = min(_TRIP_CHARS, _PIECE_CHARS)
+    return _grouped(
+        planned, _TRIP_CHARS, _TRIP_STEPS, lambda s: not s.atomic or len(s.section.sql) > limit
+    )
 
 
 def _execute_round_trip(
