@@ -78,6 +78,24 @@ def test_redact(text: str) -> None:
 
 def test_redact_known_secrets_anywhere() -> None:
     assert redact("Access denied using hunter2", ["hunter2"]) == "Access denied using ***"
+    assert redact("x=(hunter2) 'hunter2'.", ["hunter2"]) == "x=(***) '***'."
+    assert redact("pw: !hunter2!", ["!hunter2!"]) == "pw: ***"
+
+
+def test_redact_leaves_longer_words_that_contain_a_known_secret() -> None:
+    message = "migrations/tests: test_users failed; password test refused"
+    assert redact(message, ["test"]) == "migrations/tests: test_users failed; password *** refused"
+
+
+def test_a_very_short_password_is_hidden_where_it_stands_as_a_password_only() -> None:
+    url = parse_url("postgres://app:a@h/db?sslpassword=pw")
+    shown = redact(
+        f"error: a migration failed on {url.raw} conninfo password=a sslpassword=pw", url.secrets()
+    )
+    assert shown == (
+        "error: a migration failed on postgres://app:***@h/db?sslpassword=*** "
+        "conninfo password=*** sslpassword=***"
+    )
 
 
 @pytest.mark.parametrize(

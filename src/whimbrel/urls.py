@@ -64,17 +64,33 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/?#\
 _QUERY_SECRET = re.compile(
     r"(?P<key>[?&;](?:password|sslpassword|passwd|pass)=)(?P<value>[^&;#\s]*)", re.IGNORECASE
 )
-_KEYWORD_SECRET = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|\S+)")
+_KEYWORD_SECRET = re.compile(
+    r"(?P<key>\b(?:ssl)?password\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE
+)
+
+
+# Known secrets shorter than this are hidden only where they stand as a password (URL
+# user-info, password=...): hiding every "a" or "pw" in a message would garble it.
+MIN_KNOWN_SECRET = 4
 
 
 def redact(text: str, secrets: list[str] | None = None) -> str:
-    """Hide passwords in any text: URL user-info, `?password=`, `password=...`, and known values."""
+    """Hide passwords in any text: URL user-info, `?password=`, `password=...`, and known
+    values of at least MIN_KNOWN_SECRET characters wherever they stand as a whole word."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
     text = _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
     text = _KEYWORD_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
     for secret in sorted(secrets or [], key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
+        if len(secret) >= MIN_KNOWN_SECRET and secret in text:
+            text = _as_whole_word(secret).sub(REDACTED, text)
     return text
+
+
+def _as_whole_word(secret: str) -> re.Pattern[str]:
+    """`secret`, but not inside a longer word: a password "test" leaves "tests" alone."""
+    before = r"(?<!\w)" if re.match(r"\w", secret[0]) else ""
+    after = r"(?!\w)" if re.match(r"\w", secret[-1]) else ""
+    return re.compile(before + re.escape(secret) + after)
 
 
 def parse_url(url: str) -> DatabaseURL:
