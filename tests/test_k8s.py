@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -608,6 +609,89 @@ def test_kubeconfig_problems_are_exit_12_and_say_what(tmp_path: Path) -> None:
     result = run_cli(*base, f"--kubeconfig={kubeconfig}", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert [d["metadata"]["namespace"] for d in yaml.safe_load_all(result.stdout)] == ["t", "t"]
+
+
+def test_a_kubeconfig_list_is_merged_as_kubectl_merges_it(
+    k8s_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightkube.resources.coordination_v1 import Lease
+
+    from whimbrel.kube import api
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    shutil.copy(k8s_cluster.ca_file, second / "ca.crt")
+
+    def context(namespace: str) -> dict[str, Any]:
+        return {"cluster": "emulator", "user": "admin", "namespace": namespace}
+
+    # The first file to set current-context or to name a context or user wins...
+    (first / "config").write_text(
+        yaml.safe_dump(
+            {
+                "current-context": "work",
+                "contexts": [{"name": "work", "context": context("team-a")}],
+                "users": [{"name": "admin", "user": {"token": k8s_cluster.admin_token}}],
+            }
+        )
+    )
+    # ...and the cluster comes from the second file, its CA path relative to that file.
+    (second / "config").write_text(
+        yaml.safe_dump(
+            {
+                "current-context": "elsewhere",
+                "clusters": [
+                    {
+                        "name": "emulator",
+                        "cluster": {
+                            "server": k8s_cluster.server,
+                            "certificate-authority": "ca.crt",
+                        },
+                    }
+                ],
+                "contexts": [
+                    {"name": "work", "context": context("wrong")},
+                    {"name": "elsewhere", "context": context("wrong")},
+                ],
+                "users": [{"name": "admin", "user": {"token": "refused"}}],
+            }
+        )
+    )
+    listed = [tmp_path / "missing", first / "config", second / "config"]
+    monkeypatch.setenv("KUBECONFIG", ":".join(map(str, listed)))
+    monkeypatch.chdir(first)  # a CA path resolved against the wrong folder would fail
+    client, namespace = api.from_kubeconfig(None, None, None)
+    assert namespace == "team-a"
+    assert list(client.list(Lease, namespace="default")) == []  # TLS and token accepted
+    # The CLI reads the same list: its dry run takes the first file's namespace.
+    result = run_cli(
+        "migrations",
+        "apply",
+        "/m",
+        "--url",
+        "sqlite:///x.db",
+        "--as-k8s-job",
+        "--image=i",
+        "--dry-run",
+        env={"KUBECONFIG": os.pathsep.join(map(str, listed))},
+    )
+    assert result.returncode == 0, result.stderr
+    assert {d["metadata"]["namespace"] for d in yaml.safe_load_all(result.stdout)} == {"team-a"}
+    # None of the files exists: exit 14 (Kubernetes API error), naming the list.
+    result = run_cli(
+        "migrations",
+        "apply",
+        "/m",
+        "--url",
+        "sqlite:///x.db",
+        "--as-k8s-job",
+        "--image=i",
+        "--dry-run",
+        env={"KUBECONFIG": str(tmp_path / "missing")},
+    )
+    assert result.returncode == ExitCode.K8S_API, result.stderr
+    assert "none of its files exists" in result.stderr
 
 
 def test_a_renewed_lease_outlives_its_duration_and_is_free_once_released(

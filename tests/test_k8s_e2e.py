@@ -356,6 +356,35 @@ def test_ctrl_c_deletes_the_job_and_its_pods(
     assert [r[:2] for r in postgres_db.tracking("app")] == [(1, "applied")]
 
 
+def test_ctrl_c_while_the_job_is_created_waits_for_the_api_then_deletes_the_job(
+    rbac: Any, postgres_db: Database, tmp_path: Path
+) -> None:
+    from torture_support import read_until
+
+    # The API server is slow to answer the Job's creation: a request cut off there could
+    # still create it after whimbrel had looked for it, leaving it to run unfollowed.
+    hold = rbac.hold("POST", "/jobs")
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    run = subprocess.Popen(
+        job_argv(rbac, "apply", tree(tmp_path), "--url", postgres_db.url),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert hold.arrived.wait(30), "the Job's creation never reached the API server"
+        run.send_signal(signal.SIGINT)
+        seen = read_until(run.stderr, "stopping once the API server has answered")
+    finally:
+        hold.release()
+    _, rest = run.communicate(timeout=30)
+    stderr = seen + rest
+    assert run.returncode == 130, stderr
+    assert re.search(r'deleted the Job "whimbrel-apply-[a-z0-9]+" and its pods', stderr), stderr
+    rbac.wait_for("the Job to go", lambda: not rbac.objects("jobs"))
+    rbac.wait_for("its Secret to go", lambda: not rbac.objects("secrets"))
+    rbac.wait_for("its pods to go", lambda: not rbac.objects("pods"))
+    rbac.wait_for("their processes to end", lambda: not list(rbac.pod_processes()))
+
+
 def test_a_pod_waiting_for_its_secret_is_reported_and_followed_once_it_starts(
     rbac: Any, postgres_db: Database, tmp_path: Path
 ) -> None:

@@ -19,7 +19,7 @@ from .auth import Authenticator, Identity
 from .certs import make_certificates
 from .controllers import Controllers
 from .kubelet import Image, Kubelet
-from .server import ApiServer, Application
+from .server import ApiServer, Application, Hold
 from .store import RESOURCES, Obj, Store
 
 
@@ -200,6 +200,13 @@ class EmulatedCluster:
         with self.kubelet.lock:
             runtimes = list(self.kubelet.runtimes.values())
         return [r.process.pid for r in runtimes if r.process is not None and r.exit_code is None]
+
+    def hold(self, method: str, path_suffix: str, timeout: float = 30.0) -> Hold:
+        """From now on, `method` requests whose path ends with `path_suffix` wait after
+        arriving until `release()` (or `timeout`); `arrived` is set when one has."""
+        hold = Hold(method, path_suffix, timeout)
+        self._app.holds.append(hold)
+        return hold
 
     def drop_log_streams(self) -> int:
         """End every `follow=true` log stream in progress, cleanly, while the containers go on

@@ -151,6 +151,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+class Hold:
+    """Requests of one method whose path ends with a suffix wait, once they have arrived,
+    until the test releases them: a slow API server, at the moment a test chooses."""
+
+    def __init__(self, method: str, path_suffix: str, timeout: float) -> None:
+        self.method, self.path_suffix, self.timeout = method, path_suffix, timeout
+        self.arrived = threading.Event()
+        self._released = threading.Event()
+
+    def matches(self, method: str, path: str) -> bool:
+        return method == self.method and urlsplit(path).path.endswith(self.path_suffix)
+
+    def wait(self) -> None:
+        self.arrived.set()
+        self._released.wait(self.timeout)
+
+    def release(self) -> None:
+        self._released.set()
+
+
 class Application:
     def __init__(
         self,
@@ -165,6 +185,7 @@ class Application:
         self.errors: list[str] = []
         self._streams: set[tuple[threading.Event, LogBuffer]] = set()
         self._streams_lock = threading.Lock()
+        self.holds: list[Hold] = []
 
     def drop_log_streams(self) -> int:
         """End every `follow=true` log response in progress (as an apiserver restart does)."""
@@ -178,6 +199,9 @@ class Application:
     # --- routing ----------------------------------------------------------------------
 
     def handle(self, h: _Handler, method: str, raw: bytes) -> None:
+        for hold in list(self.holds):
+            if hold.matches(method, h.path):
+                hold.wait()
         url = urlsplit(h.path)
         query = parse_qs(url.query, keep_blank_values=True)
         parts = [p for p in url.path.split("/") if p]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx2
+import yaml
 from lightkube import ApiError, Client, ConfigError, KubeConfig
 
 from whimbrel.errors import KubeError
@@ -21,12 +22,12 @@ def from_kubeconfig(
     kubeconfig: str | None, context: str | None, namespace: str | None
 ) -> tuple[Client, str]:
     """A client as the user's kubeconfig says, and the namespace to use (option, or context's)."""
-    path = kubeconfig or _first_kubeconfig()
+    path, loaded = _load_kubeconfig(kubeconfig)
     try:
-        config = KubeConfig.from_file(path).get(context_name=context)
+        config = loaded.get(context_name=context)
     except ConfigError as exc:
         raise KubeError(f"kubeconfig {path}: {exc}") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise KubeError(f"cannot read the kubeconfig {path}: {exc}") from None
     assert config is not None  # get() without a default raises instead of returning None
     ns = namespace or config.namespace
@@ -37,12 +38,85 @@ def from_kubeconfig(
     return client, ns
 
 
-def _first_kubeconfig() -> str:
-    # kubectl merges a KUBECONFIG list; whimbrel reads its first existing file.
-    for candidate in os.environ.get("KUBECONFIG", "").split(os.pathsep):
-        if candidate and Path(candidate).expanduser().is_file():
-            return candidate
-    return str(Path("~/.kube/config").expanduser())
+def _load_kubeconfig(kubeconfig: str | None) -> tuple[str, KubeConfig]:
+    """--kubeconfig's file; else every existing file of $KUBECONFIG, merged as kubectl
+    does; else ~/.kube/config. Returns how to name it in errors, and the config."""
+    listed = (
+        [] if kubeconfig else [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    )
+    if not listed:
+        path = kubeconfig or str(Path("~/.kube/config").expanduser())
+        try:
+            return path, KubeConfig.from_file(path)
+        except ConfigError as exc:
+            raise KubeError(f"kubeconfig {path}: {exc}") from None
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+            raise KubeError(f"cannot read the kubeconfig {path}: {exc}") from None
+    files = [Path(p).expanduser() for p in listed]
+    existing = [f for f in files if f.is_file()]  # kubectl skips missing files of the list
+    name = f"$KUBECONFIG ({os.pathsep.join(listed)})"
+    if not existing:
+        raise KubeError(f"kubeconfig {name}: none of its files exists")
+    documents = []
+    for file in existing:
+        try:
+            documents.append((file, yaml.safe_load(file.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise KubeError(f"cannot read the kubeconfig {file}: {exc}") from None
+    try:
+        merged = merge_kubeconfigs(documents)
+        return name, KubeConfig.from_dict(merged, fname=existing[0])
+    except ConfigError as exc:
+        raise KubeError(f"kubeconfig {name}: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KubeError(f"cannot read the kubeconfig {name}: {exc}") from None
+
+
+_NAMED_LISTS = {"clusters": "cluster", "contexts": "context", "users": "user"}
+# Paths kubectl resolves against the file that holds them (clientcmd's ResolvePaths).
+_PATH_FIELDS = {
+    "cluster": ("certificate-authority",),
+    "user": ("client-certificate", "client-key", "tokenFile"),
+}
+
+
+def merge_kubeconfigs(documents: list[tuple[Path, Any]]) -> dict[str, Any]:
+    """kubectl's merge of a KUBECONFIG list: the first file to set a value or to name a
+    cluster, context or user wins; relative paths stay relative to their own file."""
+    merged: dict[str, Any] = {"apiVersion": "v1", "kind": "Config"}
+    for key in _NAMED_LISTS:
+        merged[key] = []
+    names: dict[str, set[str]] = {key: set() for key in _NAMED_LISTS}
+    for file, document in documents:
+        if document is None:  # an empty file
+            continue
+        if not isinstance(document, dict):
+            raise KubeError(f"kubeconfig {file}: not a kubeconfig (a YAML mapping)")
+        if document.get("current-context") and "current-context" not in merged:
+            merged["current-context"] = document["current-context"]
+        for key, field in _NAMED_LISTS.items():
+            for entry in document.get(key) or []:
+                if not isinstance(entry, dict) or str(entry.get("name")) in names[key]:
+                    continue
+                names[key].add(str(entry.get("name")))
+                merged[key].append(_with_absolute_paths(entry, field, file.parent))
+    return merged
+
+
+def _with_absolute_paths(entry: dict[str, Any], field: str, folder: Path) -> dict[str, Any]:
+    body = entry.get(field)
+    if not isinstance(body, dict):
+        return entry
+    body = dict(body)
+    for name in _PATH_FIELDS.get(field, ()):
+        value = body.get(name)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            body[name] = str(folder / value)
+    command = (body.get("exec") or {}).get("command") if field == "user" else None
+    if isinstance(command, str) and "/" in command and not Path(command).is_absolute():
+        # A bare command name is looked up on PATH; a relative path is the file's.
+        body["exec"] = {**body["exec"], "command": str(folder / command)}
+    return {**entry, field: body}
 
 
 def service_account_dir() -> Path:

@@ -9,10 +9,13 @@ followed; the run ends when a pod succeeds, the Job fails, or the timeout passes
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import NoReturn, cast
 
 from lightkube import ApiError, Client
@@ -41,11 +44,55 @@ class CreatedJob:
         self.uid = uid
 
 
+@contextlib.contextmanager
+def interrupts_held(on_first: Callable[[], None]) -> Iterator[None]:
+    """Hold a first Ctrl-C or SIGTERM until the block ends, then deliver it.
+
+    A create request cut off half-way may still land on the API server after whimbrel has
+    looked for what to clean up, and the Job would then run with nobody following it. Held,
+    the signal waits for the API's answer (each request is bounded), and whimbrel deletes
+    what it made. A second signal is not held. Only the main thread can hold signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in signals}
+    pending: list[int] = []
+
+    def restore() -> None:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+    def hold(number: int, frame: FrameType | None) -> None:
+        if pending:  # asked twice: stop now
+            restore()
+            signal.raise_signal(number)
+            return
+        pending.append(number)
+        on_first()
+
+    for number in signals:
+        signal.signal(number, hold)
+    try:
+        yield
+    finally:
+        restore()
+        if pending:
+            signal.raise_signal(pending[0])  # runs the usual handler: KeyboardInterrupt
+
+
 def create(
-    client: Client, settings: JobSettings, url: str | None, new_name: Callable[[], str]
+    client: Client,
+    settings: JobSettings,
+    url: str | None,
+    new_name: Callable[[], str],
+    attempting: Callable[[str], None] = lambda name: None,
 ) -> CreatedJob:
-    """Create the Job, then (without --url-secret) the Secret holding `url`, owned by it."""
+    """Create the Job, then (without --url-secret) the Secret holding `url`, owned by it.
+    `attempting` hears each name tried (a taken random name is replaced)."""
     for _attempt in range(3):
+        attempting(settings.name)
         try:
             created = client.create(cast(Job, Job.from_dict(job_manifest(settings))))
             break

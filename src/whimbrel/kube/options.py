@@ -79,7 +79,10 @@ def _options(own_dry_run: bool) -> list[Callable[[F], F]]:
         click.option(
             "--kubeconfig",
             metavar="FILE",
-            help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).",
+            help=(
+                "kubeconfig file (default: the files of $KUBECONFIG, merged as kubectl "
+                "merges them; then ~/.kube/config)."
+            ),
         ),
         click.option("--context", "kube_context", metavar="NAME", help="kubeconfig context."),
         click.option(
@@ -350,23 +353,36 @@ def _run_job(
             click.echo(redact(line, secrets()), err=True)
 
     created = None
+    attempted = [settings.name]
+
+    def on_first_signal() -> None:
+        emit(f'stopping once the API server has answered the creation of the Job "{attempted[-1]}"')
+
     try:
-        created = jobs.create(client, settings, url, lambda: unique_job_name(settings.command))
+        with jobs.interrupts_held(on_first_signal):
+            created = jobs.create(
+                client,
+                settings,
+                url,
+                lambda: unique_job_name(settings.command),
+                attempting=attempted.append,
+            )
         emit(
             f'created Job "{created.name}" in namespace "{created.namespace}" '
             f"(image {settings.image}); following its pods for up to {timeout:g} s"
         )
         result = jobs.Follower(client, created, timeout, emit).run()
     except KeyboardInterrupt:
-        # Interrupted while creating it, the Job may exist all the same: delete it by name
-        # (its Secret names it as owner, so it goes too).
-        target = created or jobs.CreatedJob(settings.name, settings.namespace, "")
+        # Its Secret names the Job as owner, so it goes with the Job. Stopped twice while
+        # creating it, the Job may exist or still be about to: delete it by name.
+        target = created or jobs.CreatedJob(attempted[-1], settings.namespace, "")
         outcome = jobs.delete(client, target)
-        if outcome is not None:
+        if outcome:
+            emit(f'deleted the Job "{target.name}" and its pods')
+        elif outcome is False or created is None:
             emit(
-                f'deleted the Job "{target.name}" and its pods'
-                if outcome
-                else f'could not delete the Job "{target.name}": delete it with kubectl'
+                f'could not make sure the Job "{target.name}" is gone: check with '
+                f"kubectl get job {target.name} -n {target.namespace}, and delete it"
             )
         raise
     except (JobTimeout, KubeError) as exc:
