@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import shutil
@@ -354,6 +355,8 @@ class Results:
     runs: int
     rows: list[tuple[str, str, str, list[float], str]] = field(default_factory=list)
     bars: list[tuple[str, float | None, float, str]] = field(default_factory=list)
+    # Per bar name: the ratio of each round's runs (the tools ran interleaved, round by round).
+    rounds: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def add(self, server: str, measure: str, tool: str, values: list[float], unit: str) -> None:
@@ -365,8 +368,27 @@ class Results:
                 return statistics.median(row[3])
         return None
 
-    def bar(self, name: str, value: float | None, limit: float, kind: str = "ratio") -> None:
+    def values(self, server: str, measure: str, tool: str) -> list[float]:
+        for row in self.rows:
+            if row[:3] == (server, measure, tool):
+                return row[3]
+        return []
+
+    def bar(
+        self,
+        name: str,
+        value: float | None,
+        limit: float,
+        kind: str = "ratio",
+        paired: tuple[str, str, str, str] | None = None,
+    ) -> None:
+        """`paired` (server, measure, tool, against) also records each round's ratio: shown
+        beside the verdict, which stays the ratio of the medians."""
         self.bars.append((name, value, limit, kind))
+        if paired is not None:
+            server, measure, tool, against = paired
+            mine, theirs = self.values(server, measure, tool), self.values(server, measure, against)
+            self.rounds[name] = [a / b for a, b in zip(mine, theirs, strict=False) if b]
 
 
 def with_fresh(server: Server, action: Callable[[str], float]) -> float:
@@ -579,7 +601,10 @@ def judge(results: Results, servers: Sequence[Server], tree_1000: Tree, big_mb: 
         floor = "psql -1" if server.name == "postgres" else "mariadb <"
         whim = results.median(s, full, "whimbrel")
         results.bar(
-            f"{s}: full apply <= 1.3x {floor}", ratio(whim, results.median(s, full, floor)), 1.3
+            f"{s}: full apply <= 1.3x {floor}",
+            ratio(whim, results.median(s, full, floor)),
+            1.3,
+            paired=(s, full, "whimbrel", floor),
         )
         if server.name == "postgres":
             single = results.median(s, full, "whimbrel --single-transaction")
@@ -587,6 +612,7 @@ def judge(results: Results, servers: Sequence[Server], tree_1000: Tree, big_mb: 
                 f"{s}: --single-transaction <= 1.1x psql -1",
                 ratio(single, results.median(s, full, floor)),
                 1.1,
+                paired=(s, full, "whimbrel --single-transaction", floor),
             )
         noop = f"no-op, {n} migrations"
         yoyo_noop = results.median(s, noop, "yoyo apply")
@@ -604,6 +630,7 @@ def judge(results: Results, servers: Sequence[Server], tree_1000: Tree, big_mb: 
                 results.median(s, concurrent, "whimbrel, 1 process"),
             ),
             1.5,
+            paired=(s, concurrent, "whimbrel, 8 processes", "whimbrel, 1 process"),
         )
         small = results.median(s, "inspect, 100 migrations in 1 set(s)", "whimbrel")
         large = results.median(s, "inspect, 10000 migrations in 100 set(s)", "whimbrel")
@@ -691,23 +718,41 @@ def render(results: Results, facts: Sequence[str], wall: float) -> str:
             floor_tool = "python -c pass"
         floor = results.median(server, measure, floor_tool) if floor_tool else None
         peer = results.median(server, measure, "dbmate" if "full" in measure else "dbmate up")
-        fmt = (lambda v: f"{v:.3f} s") if unit == "s" else (lambda v: f"{v:.0f} MB")
+        fmt = _seconds if unit == "s" else _megabytes
         lines.append(
             f"| {server} | {measure} | {tool} | {fmt(median)} | "
             f"{_times(ratio(median, floor)) if floor_tool != tool else '1.00x'} | "
             f"{_times(ratio(median, peer))} | {fmt(min(values))}-{fmt(max(values))} |"
         )
-    lines += ["", "| bar | measured | limit | result |", "| --- | ---: | ---: | --- |"]
+    lines += [
+        "",
+        "| bar | measured | limit | result | round by round: median (min-max) |",
+        "| --- | ---: | ---: | --- | --- |",
+    ]
     for name, value, limit, kind in results.bars:
         shown = (
             "n/a" if value is None else (f"{value:.2f}x" if kind == "ratio" else f"{value:.0f} MB")
         )
         wanted = f"{limit:g}x" if kind == "ratio" else f"{limit:g} MB"
         verdict = "n/a" if value is None else ("PASS" if value <= limit else "FAIL")
-        lines.append(f"| {name} | {shown} | {wanted} | {verdict} |")
+        per_round = results.rounds.get(name)
+        spread = (
+            f"{statistics.median(per_round):.2f}x ({min(per_round):.2f}-{max(per_round):.2f})"
+            if per_round
+            else ""
+        )
+        lines.append(f"| {name} | {shown} | {wanted} | {verdict} | {spread} |")
     if results.notes:
         lines += ["", *results.notes]
     return "\n".join(lines)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f} s"
+
+
+def _megabytes(value: float) -> str:
+    return f"{value:.0f} MB"
 
 
 def _times(value: float | None) -> str:
@@ -819,22 +864,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         big = make_big_file(base, big_mb) if "memory" in only else None
         for server in servers:
             steps: list[tuple[str, Callable[[], None]]] = [
-                ("full", lambda server=server: measure_full_apply(server, tree_1000, results)),
-                ("noop", lambda server=server: measure_noop(server, tree_1000, results)),
+                ("full", functools.partial(measure_full_apply, server, tree_1000, results)),
+                ("noop", functools.partial(measure_noop, server, tree_1000, results)),
                 (
                     "inspect",
-                    lambda server=server: measure_inspect_scaling(
-                        server, tree_100, tree_10k, results
-                    ),
+                    functools.partial(measure_inspect_scaling, server, tree_100, tree_10k, results),
                 ),
-                (
-                    "concurrent",
-                    lambda server=server: measure_concurrency(server, tree_1000, results),
-                ),
+                ("concurrent", functools.partial(measure_concurrency, server, tree_1000, results)),
             ]
             if big is not None:
                 steps.append(
-                    ("memory", lambda server=server: measure_big_file(server, big, big_mb, results))
+                    ("memory", functools.partial(measure_big_file, server, big, big_mb, results))
                 )
             for name, step in steps:
                 if name in only:
