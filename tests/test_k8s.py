@@ -664,32 +664,14 @@ def test_a_kubeconfig_list_is_merged_as_kubectl_merges_it(
     client, namespace = api.from_kubeconfig(None, None, None)
     assert namespace == "team-a"
     assert list(client.list(Lease, namespace="default")) == []  # TLS and token accepted
+    dry_run = ["migrations", "apply", "/m", "--url=sqlite:///x.db", "--as-k8s-job", "--image=i"]
+    dry_run.append("--dry-run")
     # The CLI reads the same list: its dry run takes the first file's namespace.
-    result = run_cli(
-        "migrations",
-        "apply",
-        "/m",
-        "--url",
-        "sqlite:///x.db",
-        "--as-k8s-job",
-        "--image=i",
-        "--dry-run",
-        env={"KUBECONFIG": os.pathsep.join(map(str, listed))},
-    )
+    result = run_cli(*dry_run, env={"KUBECONFIG": os.pathsep.join(map(str, listed))})
     assert result.returncode == 0, result.stderr
     assert {d["metadata"]["namespace"] for d in yaml.safe_load_all(result.stdout)} == {"team-a"}
     # None of the files exists: exit 14 (Kubernetes API error), naming the list.
-    result = run_cli(
-        "migrations",
-        "apply",
-        "/m",
-        "--url",
-        "sqlite:///x.db",
-        "--as-k8s-job",
-        "--image=i",
-        "--dry-run",
-        env={"KUBECONFIG": str(tmp_path / "missing")},
-    )
+    result = run_cli(*dry_run, env={"KUBECONFIG": str(tmp_path / "missing")})
     assert result.returncode == ExitCode.K8S_API, result.stderr
     assert "none of its files exists" in result.stderr
 
