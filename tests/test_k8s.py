@@ -611,6 +611,41 @@ def test_kubeconfig_problems_are_exit_12_and_say_what(tmp_path: Path) -> None:
     assert [d["metadata"]["namespace"] for d in yaml.safe_load_all(result.stdout)] == ["t", "t"]
 
 
+def test_merging_kubeconfigs_keeps_the_first_of_each_name_and_resolves_paths_per_file() -> None:
+    from whimbrel.kube.api import merge_kubeconfigs
+
+    first = {
+        "users": [
+            {"name": "odd", "user": {"exec": "not a mapping"}},
+            {"name": "me", "user": {"client-key": "k.pem", "exec": {"command": "./bin/token"}}},
+        ],
+        "clusters": {"not": "a list"},
+        "current-context": "work",
+    }
+    second = {
+        "users": [{"name": "me", "user": {"token": "ignored"}}],
+        "clusters": [{"name": "c", "cluster": {"certificate-authority": "ca.crt"}}],
+        "contexts": [{"name": "work", "context": {"cluster": "c", "user": "me"}}],
+        "current-context": "ignored",
+    }
+    third = {"users": [{"name": "plugin", "user": {"exec": {"command": "kubelogin"}}}]}
+    merged = merge_kubeconfigs(
+        [(Path("/one/config"), first), (Path("/two/config"), second), (Path("/3/c"), third)]
+    )
+    assert merged["current-context"] == "work"
+    assert merged["users"] == [
+        {"name": "odd", "user": {"exec": "not a mapping"}},
+        {"name": "me", "user": {"client-key": "/one/k.pem", "exec": {"command": "/one/bin/token"}}},
+        {"name": "plugin", "user": {"exec": {"command": "kubelogin"}}},  # found on PATH
+    ]
+    assert merged["clusters"] == [
+        {"name": "c", "cluster": {"certificate-authority": "/two/ca.crt"}}
+    ]
+    assert [c["name"] for c in merged["contexts"]] == ["work"]
+    with pytest.raises(KubeError, match="not a kubeconfig"):
+        merge_kubeconfigs([(Path("/x"), ["a", "list"])])
+
+
 def test_a_kubeconfig_list_is_merged_as_kubectl_merges_it(
     k8s_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

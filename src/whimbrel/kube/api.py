@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import httpx2
 import yaml
@@ -112,10 +112,11 @@ def _with_absolute_paths(entry: dict[str, Any], field: str, folder: Path) -> dic
         value = body.get(name)
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             body[name] = str(folder / value)
-    command = (body.get("exec") or {}).get("command") if field == "user" else None
+    plugin = body.get("exec") if field == "user" else None
+    command = plugin.get("command") if isinstance(plugin, dict) else None
+    # A bare command name is looked up on PATH; a relative path is the file's.
     if isinstance(command, str) and "/" in command and not Path(command).is_absolute():
-        # A bare command name is looked up on PATH; a relative path is the file's.
-        body["exec"] = {**body["exec"], "command": str(folder / command)}
+        body["exec"] = {**cast(dict[str, Any], plugin), "command": str(folder / command)}
     return {**entry, field: body}
 
 
