@@ -356,8 +356,11 @@ def test_ctrl_c_deletes_the_job_and_its_pods(
     assert [r[:2] for r in postgres_db.tracking("app")] == [(1, "applied")]
 
 
+@pytest.mark.parametrize(
+    ("signal_number", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+)
 def test_ctrl_c_while_the_job_is_created_waits_for_the_api_then_deletes_the_job(
-    rbac: Any, postgres_db: Database, tmp_path: Path
+    rbac: Any, postgres_db: Database, tmp_path: Path, signal_number: int, exit_code: int
 ) -> None:
     from torture_support import read_until
 
@@ -371,13 +374,13 @@ def test_ctrl_c_while_the_job_is_created_waits_for_the_api_then_deletes_the_job(
     )  # fmt: skip
     try:
         assert hold.arrived.wait(30), "the Job's creation never reached the API server"
-        run.send_signal(signal.SIGINT)
+        run.send_signal(signal_number)
         seen = read_until(run.stderr, "stopping once the API server has answered")
     finally:
         hold.release()
     _, rest = run.communicate(timeout=30)
     stderr = seen + rest
-    assert run.returncode == 130, stderr
+    assert run.returncode == exit_code, stderr
     assert re.search(r'deleted the Job "whimbrel-apply-[a-z0-9]+" and its pods', stderr), stderr
     rbac.wait_for("the Job to go", lambda: not rbac.objects("jobs"))
     rbac.wait_for("its Secret to go", lambda: not rbac.objects("secrets"))
