@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -22,20 +23,25 @@ def from_kubeconfig(
     kubeconfig: str | None, context: str | None, namespace: str | None
 ) -> tuple[Client, str]:
     """A client as the user's kubeconfig says, and the namespace to use (option, or context's)."""
-    path, loaded = _load_kubeconfig(kubeconfig)
-    try:
+    name, loaded = _load_kubeconfig(kubeconfig)
+    with _kubeconfig_errors(name):
         config = loaded.get(context_name=context)
-    except ConfigError as exc:
-        raise KubeError(f"kubeconfig {path}: {exc}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise KubeError(f"cannot read the kubeconfig {path}: {exc}") from None
     assert config is not None  # get() without a default raises instead of returning None
     ns = namespace or config.namespace
-    try:
+    with _kubeconfig_errors(f"{name}, context {config.context_name}"):
         client = Client(config, namespace=ns, timeout=_REQUEST_TIMEOUT, field_manager="whimbrel")
-    except ConfigError as exc:
-        raise KubeError(f"kubeconfig {path}, context {config.context_name}: {exc}") from None
     return client, ns
+
+
+@contextlib.contextmanager
+def _kubeconfig_errors(name: object) -> Iterator[None]:
+    """A kubeconfig that cannot be used, as a KubeError naming it."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise KubeError(f"kubeconfig {name}: {exc}") from None
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise KubeError(f"cannot read the kubeconfig {name}: {exc}") from None
 
 
 def _load_kubeconfig(kubeconfig: str | None) -> tuple[str, KubeConfig]:
@@ -44,32 +50,24 @@ def _load_kubeconfig(kubeconfig: str | None) -> tuple[str, KubeConfig]:
     listed = (
         [] if kubeconfig else [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
     )
-    if not listed:
-        path = kubeconfig or str(Path("~/.kube/config").expanduser())
-        try:
-            return path, KubeConfig.from_file(path)
-        except ConfigError as exc:
-            raise KubeError(f"kubeconfig {path}: {exc}") from None
-        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
-            raise KubeError(f"cannot read the kubeconfig {path}: {exc}") from None
-    files = [Path(p).expanduser() for p in listed]
-    existing = [f for f in files if f.is_file()]  # kubectl skips missing files of the list
-    name = f"$KUBECONFIG ({os.pathsep.join(listed)})"
-    if not existing:
-        raise KubeError(f"kubeconfig {name}: none of its files exists")
+    if listed:
+        name = f"$KUBECONFIG ({os.pathsep.join(listed)})"
+        # kubectl skips the missing files of a list.
+        files = [f for f in (Path(p).expanduser() for p in listed) if f.is_file()]
+        if not files:
+            raise KubeError(f"kubeconfig {name}: none of its files exists")
+    else:
+        name = kubeconfig or str(Path("~/.kube/config").expanduser())
+        files = [Path(name).expanduser()]
+        if not files[0].is_file():
+            problem = "is not a file" if files[0].exists() else "not found"
+            raise KubeError(f"kubeconfig {name}: {problem}")
     documents = []
-    for file in existing:
-        try:
+    for file in files:
+        with _kubeconfig_errors(file):
             documents.append((file, yaml.safe_load(file.read_text(encoding="utf-8"))))
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            raise KubeError(f"cannot read the kubeconfig {file}: {exc}") from None
-    try:
-        merged = merge_kubeconfigs(documents)
-        return name, KubeConfig.from_dict(merged, fname=existing[0])
-    except ConfigError as exc:
-        raise KubeError(f"kubeconfig {name}: {exc}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise KubeError(f"cannot read the kubeconfig {name}: {exc}") from None
+    with _kubeconfig_errors(name):
+        return name, KubeConfig.from_dict(merge_kubeconfigs(documents), fname=files[0])
 
 
 _NAMED_LISTS = {"clusters": "cluster", "contexts": "context", "users": "user"}
