@@ -135,6 +135,22 @@ def test_wrong_password_on_postgres(fake_postgres: _FakePostgres, tmp_path: Path
     assert SECRET.encode() in fake_postgres.received  # the password did reach the server
 
 
+@both_pg_clients
+def test_unencoded_at_sign_in_a_postgres_password(
+    fake_postgres: _FakePostgres, tmp_path: Path
+) -> None:
+    # libpq splits the user-info at the first "@": it took "3xyzSecretTail@127.0.0.1" for
+    # the host, and printed it in its error.
+    password = "Tr0ub4dor@3xyzSecretTail"
+    url = f"postgres://app:{password}@127.0.0.1:{fake_postgres.port}/db?sslmode=disable"
+    result = run_cli("migrations", "inspect", str(_tree(tmp_path)), "--url", url)
+    assert result.returncode == 6, result.stderr
+    assert 'password authentication failed for user "app"' in result.stderr
+    assert "SecretTail" not in result.stdout + result.stderr
+    assert "Tr0ub4dor" not in result.stdout + result.stderr
+    assert password.encode() in fake_postgres.received  # the whole password reached it
+
+
 def test_postgres_role_that_may_not_log_in(postgres_db: Database, tmp_path: Path) -> None:
     # The real server's own refusal of a login, with a password in the URL.
     role = f"wb_nologin_{uuid.uuid4().hex[:8]}"

@@ -116,7 +116,10 @@ def parse_url(url: str) -> DatabaseURL:
             "':', percent-encode them: %5B, %5D, %40, %2F, %3A)"
         ) from None
     if parts.fragment:
-        raise UsageError(f"database URL {redact(url)!r} has a fragment ('#'); remove it")
+        raise UsageError(
+            f"database URL {redact(url)!r} has a fragment ('#'); remove it (if the password "
+            "holds '#', percent-encode it: %23)"
+        )
     try:
         port = parts.port
     except ValueError:
@@ -126,13 +129,23 @@ def parse_url(url: str) -> DatabaseURL:
         ) from None
     database = unquote(parts.path.lstrip("/")) or None
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    if "@" in userinfo:
+        # We split at the last "@", libpq at the first: it would take the password's tail
+        # for the host, and print it. Hand it the user-info percent-encoded.
+        encoded = quote(user or "", safe="")
+        if password is not None:
+            encoded += ":" + quote(password, safe="")
+        url = parts._replace(netloc=f"{encoded}@{hostport}").geturl()
     return DatabaseURL(
         dialect=dialect,
         raw=url,
         host=unquote(parts.hostname) if parts.hostname else None,
         port=port,
-        user=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
+        user=user,
+        password=password,
         database=database,
         params=params,
     )
