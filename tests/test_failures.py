@@ -755,6 +755,32 @@ def test_session_settings_do_not_leak_into_the_next_migration(db: Database, tmp_
 
 
 @both_pg_clients
+def test_temporary_tables_do_not_leak_into_the_next_migration(
+    db: Database, tmp_path: Path
+) -> None:
+    # Each migration starts as a fresh session would, however a run groups them: here the
+    # second CREATE TEMPORARY TABLE failed, and the third copied rows of the first two.
+    def scratch(value: int, into: str) -> str:
+        return (
+            f"CREATE TEMPORARY TABLE scratch (id INT);\nINSERT INTO scratch VALUES ({value});\n"
+            f"INSERT INTO {into} SELECT id FROM scratch;\n"
+        )
+
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_a.up.sql": "CREATE TABLE keep1 (id INT);\n" + scratch(1, "keep1"),
+            "2_b.up.sql": "CREATE TABLE keep2 (id INT);\n" + scratch(2, "keep2"),
+            "3_c.up.sql": scratch(3, "keep2"),  # no DDL: atomic on every database
+        },
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", db.url)
+    assert result.returncode == 0, result.stderr
+    assert db.query("SELECT id FROM keep1") == [(1,)]
+    assert sorted(db.query("SELECT id FROM keep2")) == [(2,), (3,)]
+
+
+@both_pg_clients
 def test_database_errors_outside_migrations_are_clear(
     postgres_db: Database, tmp_path: Path
 ) -> None:

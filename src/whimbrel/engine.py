@@ -331,8 +331,12 @@ _CREATES_RELATION = (
     r"(?P<name>[`\"\[]?\w+[`\"\]]?)(?!\s*\.)"
 )
 # Statements that may change the session for the migrations after them (mysqldump writes
-# them as executable comments: /*!40101 SET NAMES utf8 */).
-_SESSION_STATEMENT = r"(?:/\*M?!\d*\s*)?(?:set|reset|use|pragma|attach|detach|call)\b"
+# them as executable comments: /*!40101 SET NAMES utf8 */), temporary objects and prepared
+# statements included: the next migration starts without them, however a run groups them.
+_SESSION_STATEMENT = (
+    r"(?:/\*M?!\d*\s*)?(?:set|reset|use|pragma|attach|detach|call|prepare"
+    r"|create\s+(?:(?:global|local)\s+)?temp(?:orary)?)\b"
+)
 
 
 _Checks = tuple[re.Pattern[str], re.Pattern[str], tuple[re.Pattern[str], str] | None]

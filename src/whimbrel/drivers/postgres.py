@@ -51,9 +51,9 @@ LOCK_KEY = int.from_bytes(hashlib.sha256(b"whimbrel migrations").digest()[:8], "
 WORK_KEY = int.from_bytes(hashlib.sha256(b"whimbrel work").digest()[:8], "big", signed=True)
 CLIENT_CHECK_MS = 1000
 
-# Back to the connection's own user and settings (including ?options= of the URL); RESET
-# ALL alone leaves a SET ROLE in force.
-_RESET_SESSION = "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
+# Back to the connection's own user and settings (including ?options= of the URL), without
+# the temporary tables a migration made; RESET ALL alone leaves a SET ROLE in force.
+_RESET_SESSION = "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; DISCARD TEMP"
 
 # Statements PostgreSQL refuses inside a transaction block.
 _NO_TRANSACTION = re.compile(
