@@ -257,6 +257,20 @@ def test_symlink_loop_is_an_error_not_a_hang(tmp_path: Path) -> None:
         discover(tmp_path / "root")
 
 
+def test_a_set_reached_through_a_link_is_named_after_the_link_however_spelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `.` inside the link once took the real folder's name: a second set, applied twice.
+    write_tree(tmp_path / "releases" / "v1" / "billing_v1", {"001_a.up.sql": "SELECT 1;"})
+    os.symlink(tmp_path / "releases" / "v1" / "billing_v1", tmp_path / "billing")
+    assert [s.name for s in discover(tmp_path / "billing")] == ["billing"]
+    monkeypatch.chdir(tmp_path / "billing")
+    monkeypatch.setenv("PWD", str(tmp_path / "billing"))  # as the shell keeps it
+    assert [s.name for s in discover(".")] == ["billing"]
+    monkeypatch.setenv("PWD", str(tmp_path))  # stale: not the working folder
+    assert [s.name for s in discover(".")] == ["billing_v1"]
+
+
 def test_version_larger_than_bigint(tmp_path: Path) -> None:
     error = _error(tmp_path, {"99999999999999999999_a.up.sql": "SELECT 1;"})
     assert "larger than" in error.message

@@ -176,7 +176,7 @@ def _discover(
             f"({', '.join(map(os.path.basename, set_folders))}): keep one set per folder"
         )
     if own_files:
-        name = os.path.basename(os.path.abspath(folder))
+        name = os.path.basename(_as_spelled(folder))
         if on_found is not None:
             on_found([name])
         return [_load_set(name, root, own_files)]
@@ -201,6 +201,21 @@ def _discover(
     if on_found is not None:
         on_found([os.path.basename(d) for d in set_folders])
     return [_load_set(os.path.basename(d), Path(d), scans[d][0]) for d in set_folders]
+
+
+def _as_spelled(folder: str) -> str:
+    """`folder` made absolute without resolving symlinks, from the shell's $PWD where it
+    names the working folder: a set folder reached through a link is named after the link,
+    whether PATH is `link` or `.` inside it, as sub-folders of a folder of sets are."""
+    cwd = os.getcwd()  # symlinks resolved
+    logical = os.environ.get("PWD")
+    if logical and logical != cwd and os.path.isabs(logical):
+        try:
+            if os.path.samefile(logical, cwd):
+                cwd = logical
+        except OSError:
+            pass
+    return os.path.normpath(os.path.join(cwd, folder))
 
 
 class FoundFile(NamedTuple):
