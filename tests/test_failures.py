@@ -156,6 +156,31 @@ def test_transaction_false_failure_is_dirty_on_postgres(
     assert postgres_db.query("SELECT status, statements_done FROM app") == [("applying", 2)]
 
 
+@both_pg_clients
+def test_transaction_false_runs_any_statement_postgres_refuses_in_a_transaction(
+    postgres_db: Database, tmp_path: Path
+) -> None:
+    # Each statement of a transaction:false section commits with its progress, unless it
+    # cannot run in a transaction; a short list knows some, the server's refusal the rest.
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_reindex.sql": """
+                -- migrate:up transaction:false
+                CREATE TABLE t (id INT PRIMARY KEY);
+                REINDEX SCHEMA public;
+                CREATE TABLE u (id INT);
+                -- migrate:down
+                DROP TABLE u, t;
+            """
+        },
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", postgres_db.url)
+    assert result.returncode == 0, result.stderr
+    assert postgres_db.query("SELECT status, statements_done FROM app") == [("applied", 3)]
+    assert {"t", "u"} <= postgres_db.tables()
+
+
 def test_non_transactional_statement_hint(postgres_db: Database, tmp_path: Path) -> None:
     tree = write_tree(
         tmp_path / "app",

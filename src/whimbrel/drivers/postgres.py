@@ -562,8 +562,14 @@ class PostgresDriver(Driver):
 
     def run_tracked(self, sql: str, progress: Progress, *, wrap: bool) -> None:
         if wrap:
-            self._run_wrapped(sql, self._render_progress(progress) + ";\n")
-            return
+            try:
+                self._run_wrapped(sql, self._render_progress(progress) + ";\n")
+                return
+            except StatementError as exc:
+                # Refused inside a transaction block (rolled back, nothing ran), and
+                # _NO_TRANSACTION did not know it (REINDEX SCHEMA, a SUBSCRIPTION...).
+                if exc.sqlstate != "25001":
+                    raise
         # Alone, so that statements such as CREATE INDEX CONCURRENTLY can run.
         self.run_statement(sql)
         self.update_progress(progress)
