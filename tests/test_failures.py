@@ -780,9 +780,7 @@ def test_session_settings_do_not_leak_into_the_next_migration(db: Database, tmp_
 
 
 @both_pg_clients
-def test_temporary_tables_do_not_leak_into_the_next_migration(
-    db: Database, tmp_path: Path
-) -> None:
+def test_temporary_tables_do_not_leak_into_the_next_migration(db: Database, tmp_path: Path) -> None:
     # Each migration starts as a fresh session would, however a run groups them: here the
     # second CREATE TEMPORARY TABLE failed, and the third copied rows of the first two.
     def scratch(value: int, into: str) -> str:
@@ -1114,6 +1112,37 @@ def test_dml_only_migration_is_atomic_on_mysql(mysql_db: Database, tmp_path: Pat
     (tree / "2_rows.up.sql").write_text("INSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2);\n")
     assert run_cli("migrations", "apply", str(tree), "--url", mysql_db.url).returncode == 0
     assert mysql_db.query("SELECT id FROM t ORDER BY id") == [(1,), (2,)]
+
+
+def test_atomic_migration_on_a_table_without_transactions_is_left_dirty_on_mysql(
+    mysql_db: Database, tmp_path: Path
+) -> None:
+    # ROLLBACK cannot undo the MyISAM insert: "nothing was applied" would be a lie, and a
+    # re-run would insert it again.
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_t.up.sql": "CREATE TABLE mi (id INT) ENGINE=MyISAM;\n"
+            "CREATE TABLE uq (id INT PRIMARY KEY);",
+            "2_rows.up.sql": "INSERT INTO mi VALUES (1);\nINSERT INTO uq VALUES (1);\n"
+            "INSERT INTO uq VALUES (1);\n",
+        },
+    )
+    result = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url)
+    assert result.returncode == 1
+    assert "2_rows.up.sql, statement 3 of 3 (line 3)" in result.stderr
+    assert "could not roll back its changes to tables without transactions" in result.stderr
+    assert "2_rows.up.sql is now dirty" in result.stderr
+    assert "nothing of 2_rows.up.sql was applied" not in result.stderr
+    assert mysql_db.query("SELECT count(*) FROM mi") == [(1,)]
+    assert mysql_db.query("SELECT count(*) FROM uq") == [(0,)]
+    rows = mysql_db.query("SELECT version, status, statements_done, error FROM app")
+    assert [r[:3] for r in rows] == [(1, "applied", 2), (2, "applying", 0)]
+    assert "Duplicate entry" in str(rows[1][3])
+    again = run_cli("migrations", "apply", str(tree), "--url", mysql_db.url)
+    assert again.returncode == 8, again.stderr  # dirty: refused until repaired
+    assert "except its changes to tables without transactions, which stay" in again.stderr
+    assert mysql_db.query("SELECT count(*) FROM mi") == [(1,)]
 
 
 def test_sqlite_lock_file_names_the_holder(sqlite_db: Database, tmp_path: Path) -> None:

@@ -141,3 +141,27 @@ def test_mysql_ddl_batches_its_tracking_writes_exactly(mysql_db: Database, tmp_p
     ) == [(1, "applied", 2, None), (2, "applied", 2, None), (3, "applied", 2, None)]
     durations = mysql_db.query("SELECT duration_ms FROM app")
     assert all(d[0] is not None and d[0] >= 0 for d in durations)
+
+
+def test_mysql_tables_without_transactions_keep_their_changes_and_the_message_says_so(
+    mysql_db: Database, tmp_path: Path
+) -> None:
+    tree = write_tree(tmp_path / "app", {"001_t.up.sql": "CREATE TABLE mi (id INT) ENGINE=MyISAM;"})
+    assert run_cli("migrations", "apply", str(tree), "--url", mysql_db.url).returncode == 0
+    write_tree(
+        tree,
+        {
+            "002_rows.up.sql": "INSERT INTO mi VALUES (2);",
+            "003_broken.up.sql": "INSERT INTO no_such_table VALUES (3);",
+        },
+    )
+    args = ("migrations", "apply", str(tree), "--url", mysql_db.url, "--single-transaction")
+    result = run_cli(*args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the run was rolled back, except its changes to tables without transactions" in (
+        result.stderr
+    )
+    assert "the whole run was rolled back" not in result.stderr
+    assert "nothing of 003_broken.up.sql was applied" not in result.stderr
+    assert mysql_db.query("SELECT id FROM mi") == [(2,)]
+    assert [r[0] for r in mysql_db.query("SELECT version FROM app")] == [1]

@@ -490,7 +490,12 @@ def _check_resume(step: Step, state: MigrationState) -> Step:
 
 # -- executing steps --------------------------------------------------------------------
 def _failure(
-    step: Step, exc: StatementError, *, rolled_back: bool, done: int = 0
+    step: Step,
+    exc: StatementError,
+    *,
+    rolled_back: bool,
+    done: int = 0,
+    after: str | None = None,
 ) -> MigrationFailed:
     statements = step.statements
     index = exc.index
@@ -525,10 +530,10 @@ def _failure(
     if tracking_failed:
         where += ", recording it in the tracking table"
     verb = "applying" if step.direction == "up" else "reverting"
-    if rolled_back:
+    if after is None and rolled_back:
         done_word = "applied" if step.direction == "up" else "reverted"
         after = f"It ran in a transaction: nothing of {step.file} was {done_word}."
-    else:
+    elif after is None:
         after = (
             f"{step.file} is now dirty: {done} of its {len(statements)} statement(s) completed "
             "and stay applied (it does not run in one transaction). Fix the file, then "
@@ -681,7 +686,33 @@ def _run_atomic(driver: Driver, step: Step) -> None:
     try:
         driver.run_atomic(item.sql, item.statements, item.writes, item.pieces)
     except StatementError as exc:
+        if driver.rollback_kept_changes():
+            raise _partly_rolled_back(driver, step, exc) from None
         raise _failure(step, exc, rolled_back=True) from None
+
+
+def _partly_rolled_back(driver: Driver, step: Step, exc: StatementError) -> MigrationFailed:
+    """An atomic step whose rollback left changes behind (MySQL tables without
+    transactions): recorded as dirty, as a step that never ran in a transaction is."""
+    error = redact(exc.message, driver.url.secrets()) + (
+        " (rolled back, except its changes to tables without transactions, which stay)"
+    )
+    if step.direction == "up":
+        assert step.migration is not None
+        driver.write(InsertRow(step.table, _row(step.migration, APPLYING, 0, None)))
+        driver.flush_tracking()  # MySQL holds an `applying` row back for the next statement
+        driver.set_status(step.table, step.version, status=APPLYING, error=error)
+    else:
+        driver.set_status(
+            step.table, step.version, status=REVERTING, reset_progress=True, error=error
+        )
+    after = (
+        f"It ran in a transaction, but the database could not roll back its changes to "
+        f"tables without transactions (MyISAM, Aria, MEMORY...): they stay, so {step.file} "
+        "is now dirty. Repair by hand, then record the outcome with `whimbrel migrations "
+        "mark` (--resume would run its statements again from the first)."
+    )
+    return _failure(step, exc, rolled_back=False, after=after)
 
 
 def _run_stepwise(driver: Driver, step: Step) -> None:
@@ -1100,6 +1131,7 @@ def _execute_in_one_transaction(
     outcomes: list[tuple[Step, StepOutcome]] = []
     if not planned:
         return
+    kept = False  # the rollback after a failure left changes behind
     step = planned[0]
     running = _running([step])
     try:
@@ -1113,7 +1145,10 @@ def _execute_in_one_transaction(
             except StatementError as exc:
                 step = batch[exc.item]
                 outcomes += [(s, _outcome(s, 0.0)) for s in batch[: exc.item]]
-                raise _failure(step, exc, rolled_back=True) from None
+                _rollback_quietly(driver)
+                kept = driver.rollback_kept_changes()
+                after = _KEPT_BY_THE_RUN.format(ran=len(outcomes)) if kept else None
+                raise _failure(step, exc, rolled_back=not kept, after=after) from None
             # Several migrations shared a round trip: each gets its share of the time.
             share = (time.perf_counter() - started) * 1000 / len(batch)
             outcomes += [(s, _outcome(s, share)) for s in batch]
@@ -1122,10 +1157,11 @@ def _execute_in_one_transaction(
         driver.execute("COMMIT")
     except MigrationFailed as exc:
         _rollback_quietly(driver)
-        exc.message += (
-            "\n--single-transaction: the whole run was rolled back; no migration of this run "
-            f"was applied ({len(outcomes)} ran before this one)."
-        )
+        if not kept:
+            exc.message += (
+                "\n--single-transaction: the whole run was rolled back; no migration of this "
+                f"run was applied ({len(outcomes)} ran before this one)."
+            )
         exc.partial = result
         raise
     except ConnectionFailed as exc:
@@ -1186,6 +1222,13 @@ def _grouped(
             group, size = [], 0
     if group:
         yield group
+
+
+_KEPT_BY_THE_RUN = (
+    "--single-transaction: the run was rolled back, except its changes to tables without "
+    "transactions (MyISAM, Aria, MEMORY...), which stay. No migration of this run is recorded "
+    "({ran} ran before this one): repair those tables by hand before running it again."
+)
 
 
 def _rollback_quietly(driver: Driver) -> None:

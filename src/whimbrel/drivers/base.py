@@ -522,6 +522,11 @@ class Driver(ABC):
     def rollback(self) -> None:
         self.execute("ROLLBACK")
 
+    def rollback_kept_changes(self) -> bool:
+        """Whether the last rollback left changes behind (MySQL's tables without
+        transactions: MyISAM, Aria, MEMORY...)."""
+        return False
+
     @abstractmethod
     def reset_session(self) -> None:
         """Undo session settings a migration made (SET, USE, PRAGMA) before the next one."""

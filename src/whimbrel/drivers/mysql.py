@@ -62,6 +62,7 @@ _IMPLICIT_COMMIT = re.compile(
 _AT_LINE = re.compile(r" at line (\d+)$")
 # Client-side errors: the server went away or could not be reached.
 _CONNECTION_ERRORS = {2003, 2006, 2013, 2055}
+_NOT_ROLLED_BACK = 1196  # ER_WARNING_NOT_COMPLETE_ROLLBACK
 _MAX_LOCK_NAME = 64
 # The columns of a tracking table as create_table makes them: (name, DATA_TYPE,
 # CHARACTER_SET_NAME) in information_schema.COLUMNS. Only such a table is read as JSON,
@@ -135,6 +136,7 @@ class MySQLDriver(Driver):
         # Tracking writes that travel with the next statement that commits implicitly, or
         # before anything else this connection sends (_run).
         self._pending: list[str] = []
+        self._kept_changes = False  # the last ROLLBACK could not undo everything
         self.lock_conn: Connection | None = None
         self.lock_name = _lock_name("whimbrel", url.database)
         self.work_lock_name = _lock_name("whimbrel-work", url.database)
@@ -541,7 +543,16 @@ class MySQLDriver(Driver):
         return in_transaction or not status & SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
 
     def rollback(self) -> None:
+        self._kept_changes = False
         self.execute("ROLLBACK")
+        result = getattr(self.conn, "_result", None)
+        if result is not None and getattr(result, "warning_count", 0):
+            # 1196: "Some non-transactional changed tables couldn't be rolled back".
+            warnings = self.conn.show_warnings()
+            self._kept_changes = any(w[1] == _NOT_ROLLED_BACK for w in warnings)
+
+    def rollback_kept_changes(self) -> bool:
+        return self._kept_changes
 
     def reset_session(self) -> None:
         self._flush_pending()
