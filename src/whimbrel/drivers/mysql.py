@@ -543,13 +543,11 @@ class MySQLDriver(Driver):
         return in_transaction or not status & SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
 
     def rollback(self) -> None:
+        # Only after a failure: one more round trip to learn whether it undid everything.
         self._kept_changes = False
         self.execute("ROLLBACK")
-        result = getattr(self.conn, "_result", None)
-        if result is not None and getattr(result, "warning_count", 0):
-            # 1196: "Some non-transactional changed tables couldn't be rolled back".
-            warnings = self.conn.show_warnings()
-            self._kept_changes = any(w[1] == _NOT_ROLLED_BACK for w in warnings)
+        warnings = self.fetch("SHOW WARNINGS")
+        self._kept_changes = any(w[1] == _NOT_ROLLED_BACK for w in warnings)
 
     def rollback_kept_changes(self) -> bool:
         return self._kept_changes
