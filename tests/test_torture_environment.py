@@ -70,6 +70,48 @@ def test_wrong_password_for_a_real_mysql_user(mysql_db: Database, tmp_path: Path
         mysql_db.query(f"DROP USER IF EXISTS '{user}'@'%'")
 
 
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("sslmode=require", "unknown option 'sslmode' (known: charset, socket"),
+        ("password=x", "unknown option 'password'"),
+        ("ssl=yes", "?ssl= takes true or false, not 'yes'"),
+        ("tls=maybe", "?tls= takes true, false, skip-verify or preferred, not 'maybe'"),
+        ("ssl_ca=/nonexistent/ca.pem", "?ssl_ca= names '/nonexistent/ca.pem', which does not"),
+        ("charset=bogus", "unknown charset 'bogus'"),
+        ("ssl=false&ssl_ca=/", "TLS options given with ssl=false or tls=false"),
+    ],
+)
+def test_mysql_url_options_are_checked_not_ignored(
+    mysql_db: Database, tmp_path: Path, query: str, message: str
+) -> None:
+    # They were ignored (a plain-text connection) or ended in a traceback.
+    url = _with_user(mysql_db.url, "root") + "?" + query
+    result = run_cli("migrations", "apply", str(_tree(tmp_path)), "--url", url)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    _assert_hidden(result)
+    assert "app" not in mysql_db.tables()
+
+
+@pytest.mark.parametrize("query", ["ssl=true", "tls=skip-verify", "tls=true"])
+def test_mysql_url_asking_for_tls_gets_tls_or_no_connection(
+    mysql_db: Database, tmp_path: Path, query: str
+) -> None:
+    offered = mysql_db.query("SHOW VARIABLES LIKE 'have_ssl'")[0][1] == "YES"
+    result = run_cli(
+        "migrations", "inspect", str(_tree(tmp_path)), "--url", f"{mysql_db.url}?{query}"
+    )
+    if offered:  # a server with TLS: it is used (tls=true also checks its certificate)
+        assert result.returncode in (3, 6), result.stderr
+        assert result.returncode == 3 or "certificate verify failed" in result.stderr
+    else:  # it was a silent fall-back to plain text
+        assert result.returncode == 6, result.stderr
+        assert "SSL is required but the server doesn't support it" in result.stderr or (
+            "the URL asks for TLS, which the server does not offer" in result.stderr
+        )
+
+
 class _FakePostgres:
     """A server that asks for a cleartext password and refuses it, as PostgreSQL does with
     `password` auth. (The test server trusts 127.0.0.1, so a real role's wrong password

@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -98,25 +99,19 @@ class MySQLDriver(Driver):
 
         if not url.database:
             raise UsageError(f"the MySQL URL {url} names no database: add /DBNAME")
-        params = url.params
         self._connect_kwargs: dict[str, object] = {
             "host": url.host or "localhost",
             "port": url.port or 3306,
             "user": url.user or "root",
             "password": url.password or "",
             "database": url.database,
-            "charset": params.get("charset", "utf8mb4"),
             "autocommit": True,
             "client_flag": CLIENT.MULTI_STATEMENTS,
             "connect_timeout": max(1, round(connect_timeout)),
             "program_name": application_name[:32],
+            **_url_options(url),
         }
-        socket = params.get("socket") or params.get("unix_socket")
-        if socket:
-            self._connect_kwargs["unix_socket"] = socket
-        ssl = {k.removeprefix("ssl_"): v for k, v in params.items() if k.startswith("ssl_")}
-        if ssl or params.get("ssl", "").lower() in {"true", "1"}:
-            self._connect_kwargs["ssl"] = ssl
+        self._tls_required = bool(self._connect_kwargs.get("ssl"))
         self.conn = self._connect()
         # Whether read_rows_many reads rows as JSON text: on MariaDB 10.5+ (10.11 is tested;
         # MySQL's JSON differs in details, so it keeps the plain rows), with the utf8mb4
@@ -153,6 +148,13 @@ class MySQLDriver(Driver):
             conn = _connection_class()(**self._connect_kwargs, read_timeout=timeout)  # type: ignore[call-overload]
         except pymysql.MySQLError as exc:
             raise ConnectionFailed(f"cannot connect to {self.url}: {self._describe(exc)}") from None
+        if self._tls_required and not hasattr(conn._sock, "cipher"):  # not an SSLSocket
+            # PyMySQL < 1.2 falls back to plain text when the server offers no TLS.
+            conn.close()
+            raise ConnectionFailed(
+                f"cannot connect to {self.url}: the URL asks for TLS, which the server does "
+                "not offer"
+            )
         conn._read_timeout = None
         if hasattr(conn, "_current_timeout"):  # PyMySQL >= 1.1.1 re-applies it lazily
             conn._current_timeout = None
@@ -683,6 +685,87 @@ def _connection_class() -> type[Connection]:
 
         _CONNECTION_CLASS = _Connection
     return _CONNECTION_CLASS
+
+
+_URL_OPTIONS = (
+    "charset, socket (or unix_socket), ssl=true|false, ssl_ca, ssl_capath, ssl_cert, ssl_key, "
+    "ssl_cipher, ssl_verify_cert, ssl_verify_identity, tls=true|false|skip-verify|preferred"
+)
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _url_options(url: DatabaseURL) -> dict[str, object]:
+    """PyMySQL's keyword arguments for the URL's ?options, checked: an unknown or misspelt
+    option is refused, not ignored, and asking for TLS means TLS or no connection.
+
+    `tls` takes dbmate's (go-sql-driver's) values: true verifies the server's certificate
+    with the system's CAs, skip-verify encrypts without checking it. `ssl=true` is
+    skip-verify; `ssl_ca` (or `ssl_capath`) verifies against those CAs. With none of them
+    TLS is used if the server offers it, unverified."""
+    import ssl
+
+    from pymysql.charset import charset_by_name
+
+    def fail(problem: str) -> UsageError:
+        return UsageError(f"the MySQL URL {url}: {problem}")
+
+    def boolean(key: str) -> bool:
+        value = _BOOLEANS.get(url.params[key].lower())
+        if value is None:
+            raise fail(f"?{key}= takes true or false, not {url.params[key]!r}")
+        return value
+
+    options: dict[str, object] = {"charset": url.params.get("charset", "utf8mb4")}
+    context: dict[str, object] = {}
+    verify = False  # tls=true: the certificate and the host name
+    for key, value in url.params.items():
+        if key == "charset":
+            if charset_by_name(value) is None:
+                raise fail(f"unknown charset {value!r}")
+        elif key in ("socket", "unix_socket"):
+            options["unix_socket"] = value
+        elif key in ("ssl_ca", "ssl_capath", "ssl_cert", "ssl_key"):
+            if not os.path.exists(value):
+                raise fail(f"?{key}= names {value!r}, which does not exist")
+            context[key.removeprefix("ssl_")] = value
+        elif key == "ssl_cipher":
+            context["cipher"] = value
+        elif key == "ssl_verify_cert":
+            context["verify_mode"] = boolean(key)
+        elif key == "ssl_verify_identity":
+            context["check_hostname"] = boolean(key)
+        elif key == "ssl":
+            if boolean(key):
+                context.setdefault("verify_mode", False)
+            else:
+                options["ssl_disabled"] = True
+        elif key == "tls":
+            mode = value.lower()
+            if mode in ("true", "1"):
+                verify = True
+            elif mode == "skip-verify":
+                context.setdefault("verify_mode", False)
+            elif mode in ("false", "0"):
+                options["ssl_disabled"] = True
+            elif mode != "preferred":
+                raise fail(f"?tls= takes true, false, skip-verify or preferred, not {value!r}")
+        else:
+            raise fail(f"unknown option {key!r} (known: {_URL_OPTIONS})")
+    if (context or verify) and options.get("ssl_disabled"):
+        raise fail("TLS options given with ssl=false or tls=false")
+    if verify and ("ca" in context or "capath" in context):
+        context.update(verify_mode=True, check_hostname=True)
+    elif verify:
+        # PyMySQL checks no host name without a CA of its own: the system's, as Go does.
+        tls = ssl.create_default_context()
+        if "cert" in context:
+            tls.load_cert_chain(str(context["cert"]), context.get("key"))  # type: ignore[arg-type]
+        if "cipher" in context:
+            tls.set_ciphers(str(context["cipher"]))
+        options["ssl"] = tls
+    if context and "ssl" not in options:
+        options["ssl"] = context
+    return options
 
 
 def _lock_name(prefix: str, database: str) -> str:
