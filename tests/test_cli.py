@@ -217,6 +217,16 @@ def test_out_of_order_is_refused_unless_allowed(db: Database, tmp_path: Path) ->
     )
     assert run_cli("migrations", "apply", str(tree), "--url", db.url).returncode == 0
     (tree / "2_b.up.sql").write_text("CREATE TABLE b (x int);")
+    # inspect says what apply will refuse, in its exit code too.
+    inspected = run_cli("migrations", "inspect", str(tree), "--url", db.url)
+    assert inspected.returncode == 4, inspected.stderr
+    assert (
+        "! 2_b.up.sql: pending, but older than the newest applied migration (3): apply "
+        "refuses it (out of order) unless --allow-out-of-order"
+    ) in inspected.stdout
+    doc = inspect_json(tree, db)
+    late = [m for m in doc["sets"][0]["migrations"] if m.get("out_of_order")]
+    assert [(m["file"], m["status"]) for m in late] == [("2_b.up.sql", "pending")]
     refused = run_cli("migrations", "apply", str(tree), "--url", db.url)
     assert refused.returncode == 8
     assert "2_b.up.sql is older than the newest applied migration (3)" in refused.stderr

@@ -103,8 +103,11 @@ def reference_json(states: Sequence[SetState]) -> str:
                 "statements_done": row.statements_done,
                 "error": row.error,
             }
+        if id(state) in late:
+            doc["out_of_order"] = True
         return doc
 
+    late = {id(m) for state in states for m in state.out_of_order}
     sets = [
         {
             "name": state.name,

@@ -27,7 +27,7 @@ Exit codes:
   1   a migration failed
   2   usage error (bad option, URL or set name)
   3   inspect: migrations are pending
-  4   inspect: drift (a migration is modified, missing or dirty)
+  4   inspect: drift (a migration is modified, missing or dirty, or pending out of order)
   5   invalid migration files or folders
   6   cannot connect to the database (or --wait timed out)
   7   timed out waiting for the migration lock
@@ -247,7 +247,7 @@ def inspect(
     else:
         render.print_inspect(states)
     statuses = {m.status for s in states for m in s.migrations}
-    if statuses & {"modified", "missing", "dirty"}:
+    if statuses & {"modified", "missing", "dirty"} or any(s.out_of_order for s in states):
         sys.exit(ExitCode.DRIFT)
     if "pending" in statuses:
         sys.exit(ExitCode.PENDING)

@@ -52,7 +52,12 @@ def inspect_json(states: Sequence[SetState]) -> str:
         return '{\n  "sets": []\n}'
     texts = []
     for state in states:
-        migrations = ",\n".join(map(_migration_json, state.migrations))
+        late = {m.version for m in state.out_of_order}
+        migrations = ",\n".join(
+            [_migration_json(m, m.version in late) for m in state.migrations]
+            if late
+            else map(_migration_json, state.migrations)
+        )
         texts.append(
             f'    {{\n      "name": {_str(state.name)},\n      "table": {_str(state.set.table)},'
             f'\n      "path": {_str(str(state.set.path))},\n      "migrations": '
@@ -65,7 +70,7 @@ _str = json.encoder.encode_basestring_ascii  # how json.dumps writes a string
 _KEY = ",\n          "  # between the keys of a migration in inspect_json
 
 
-def _migration_json(state: MigrationState) -> str:
+def _migration_json(state: MigrationState, out_of_order: bool = False) -> str:
     """A migration's object in inspect_json's document, at its depth there."""
     migration, row = state.migration, state.row
     if migration is not None:
@@ -94,6 +99,8 @@ def _migration_json(state: MigrationState) -> str:
                 f'"statements_done": {int.__repr__(row.statements_done)},\n            '
                 f'"error": {error}\n          }}'
             )
+    if out_of_order:
+        text += f'{_KEY}"out_of_order": true'
     return text + "\n        }"
 
 
@@ -189,9 +196,19 @@ def print_inspect(states: Sequence[SetState], out: TextIO | None = None) -> None
         if any(status in _PROBLEMS for status in set(columns[2])):
             for m in state.with_status(*_PROBLEMS):
                 out.write(f"  ! {_problem(m)}\n")
+        for m in state.out_of_order:
+            out.write(f"  ! {_out_of_order(state, m)}\n")
 
 
 _PROBLEMS: tuple[Status, ...] = ("dirty", "modified")
+
+
+def _out_of_order(state: SetState, m: MigrationState) -> str:
+    newest = max(r.version for r in state.recorded)
+    return (
+        f"{m.file}: pending, but older than the newest applied migration ({newest}): "
+        "apply refuses it (out of order) unless --allow-out-of-order"
+    )
 
 
 def _problem(m: MigrationState) -> str:
@@ -223,6 +240,8 @@ def _print_inspect_rich(states: Sequence[SetState]) -> None:
         console.print(table)
         for m in state.with_status("dirty", "modified"):
             console.print(f"  [red]![/red] {_problem(m)}", highlight=False)
+        for m in state.out_of_order:
+            console.print(f"  [red]![/red] {_out_of_order(state, m)}", highlight=False)
 
 
 def run_json(result: object, error: WhimbrelError | None = None) -> str:
