@@ -481,6 +481,31 @@ def test_missing_file_is_drift_for_apply_and_revert(db: Database, tmp_path: Path
     assert "started_at" not in {r[0] for r in db.query(columns)}
 
 
+@both_pg_clients
+def test_a_recorded_down_section_keeps_its_transaction_false(
+    postgres_db: Database, tmp_path: Path
+) -> None:
+    # DROP INDEX CONCURRENTLY cannot run in a transaction: with the file gone, the option
+    # had been lost with it, and the revert failed with a hint nobody could follow.
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "1_t.sql": "-- migrate:up\nCREATE TABLE t (v INT);\n-- migrate:down\nDROP TABLE t;\n",
+            "2_i.sql": "-- migrate:up transaction:false\nCREATE INDEX CONCURRENTLY t_v ON t (v);\n"
+            "-- migrate:down transaction:false\nDROP INDEX CONCURRENTLY t_v;\n",
+        },
+    )
+    assert run_cli("migrations", "apply", str(tree), "--url", postgres_db.url).returncode == 0
+    (tree / "2_i.sql").unlink()
+    args = ("--url", postgres_db.url, "--allow-drift", "--steps", "1")
+    reverted = run_cli("migrations", "revert", str(tree), *args)
+    assert reverted.returncode == 0, reverted.stderr
+    assert "2_i.sql (down section recorded when applied)" in reverted.stdout
+    indexes = postgres_db.query("SELECT indexname FROM pg_indexes WHERE tablename = 't'")
+    assert indexes == []
+    assert [r[0] for r in postgres_db.query("SELECT version FROM app")] == [1]
+
+
 def test_revert_refusal_names_both_hashes(sqlite_db: Database, tmp_path: Path) -> None:
     tree = dracon(tmp_path)
     assert run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url).returncode == 0

@@ -579,7 +579,7 @@ def _row(migration: Migration, status: str, done: int, done_sha: str | None) -> 
         status=status,
         statements_done=done,
         statements_sha256=done_sha,
-        down_sql=migration.down.sql if migration.down is not None else None,
+        down_sql=recorded_down(migration.down),
         duration_ms=None,
     )
 
@@ -1508,13 +1508,28 @@ def _down_section(state: SetState, target: MigrationState, driver: Driver) -> Se
         driver.read_down_sql(state.set.table, target.version) if target.row.has_down_sql else None
     )
     if recorded is not None:
+        transaction = not recorded.startswith(_RECORDED_NO_TRANSACTION)
+        if transaction and migration is not None and migration.down is not None:
+            transaction = migration.down.transaction  # recorded before the option was
         return Section(
             file=f"{target.file} (down section recorded when applied)",
-            sql=recorded,
+            sql=recorded.removeprefix(_RECORDED_NO_TRANSACTION),
             line_offset=0,
-            transaction=migration.down.transaction if migration and migration.down else True,
+            transaction=transaction,
         )
     return migration.down if migration is not None else None
+
+
+# Heads a recorded down section that runs outside a transaction: reverting a migration whose
+# file is gone (or changed) needs the option as much as its SQL.
+_RECORDED_NO_TRANSACTION = "-- whimbrel recorded: transaction:false\n"
+
+
+def recorded_down(down: Section | None) -> str | None:
+    """A down section as the tracking table keeps it: its SQL, and its options."""
+    if down is None:
+        return None
+    return down.sql if down.transaction else _RECORDED_NO_TRANSACTION + down.sql
 
 
 def mark(
@@ -1564,7 +1579,7 @@ def mark(
                     migration.sha256,
                     len(statements),
                     _statements_hash(statements),
-                    migration.down.sql if migration.down else None,
+                    recorded_down(migration.down),
                     version,
                 ),
             )
@@ -1583,7 +1598,7 @@ def mark(
                     status=APPLIED,
                     statements_done=len(statements),
                     statements_sha256=_statements_hash(statements),
-                    down_sql=migration.down.sql if migration.down else None,
+                    down_sql=recorded_down(migration.down),
                     duration_ms=0.0,
                 ),
             )
