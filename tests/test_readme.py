@@ -165,3 +165,15 @@ def test_documented_submodules_need_no_import_of_their_own() -> None:
     assert result.stdout.split() == ["sync", "WatchEvent", "create_database", "no", "nope"], (
         result.stderr
     )
+
+
+def test_one_set_name_as_a_string_is_that_set(tmp_path: Path) -> None:
+    # A str is a sequence of str: sets="enrichments" was the sets 'e', 'n', 'r', ...
+    import whimbrel
+
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    dracon = EXAMPLES / "dracon"
+    result = whimbrel.apply(dracon, url, sets="enrichments")
+    assert result.sets == ["enrichments"]
+    assert [s.name for s in whimbrel.inspect(dracon, url, sets="enrichments")] == ["enrichments"]
+    assert [s.name for s in whimbrel.load_sets(dracon, "enrichments")] == ["enrichments"]

@@ -8,11 +8,12 @@ The CLI is a thin layer over these functions; they take the same options.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from whimbrel import engine
 from whimbrel.discovery import MigrationSet, discover
@@ -40,6 +41,22 @@ __all__ = [
 ]
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _one_name_is_a_list(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """`sets="billing"` means the set billing, not the sets b, i, l, l, i, n and g."""
+
+    @functools.wraps(func)
+    def with_set_names(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if isinstance(kwargs.get("sets"), str):
+            kwargs["sets"] = [kwargs["sets"]]
+        return func(*args, **kwargs)
+
+    return with_set_names
+
+
 def load_sets(
     path: str | os.PathLike[str],
     only: Sequence[str] | None = None,
@@ -53,6 +70,8 @@ def load_sets(
     which a run does for every migration it will run before it runs any. `on_found` is
     told the names of the sets to be loaded before their files are read.
     """
+    if isinstance(only, str):
+        only = [only]
     found = on_found
     if on_found is not None and only:
         found = lambda names: on_found([n for n in names if n in only])  # noqa: E731
@@ -75,6 +94,7 @@ def _url(url: str | DatabaseURL | None) -> DatabaseURL:
     return parse_url(url or os.environ.get("DATABASE_URL", ""))
 
 
+@_one_name_is_a_list
 def inspect(
     path: str | os.PathLike[str],
     url: str | DatabaseURL | None = None,
@@ -110,6 +130,7 @@ def inspect(
             early.abandon()
 
 
+@_one_name_is_a_list
 def apply(
     path: str | os.PathLike[str],
     url: str | DatabaseURL | None = None,
@@ -170,6 +191,7 @@ def apply(
         return result
 
 
+@_one_name_is_a_list
 def revert(
     path: str | os.PathLike[str],
     url: str | DatabaseURL | None = None,
@@ -341,6 +363,7 @@ def _engine_name(engine_name: str | None, url: str | DatabaseURL | None) -> str:
     return "any"
 
 
+@_one_name_is_a_list
 def manifest(
     path: str | os.PathLike[str],
     *,
@@ -369,6 +392,7 @@ def manifest(
         raise UsageError(str(exc)) from None
 
 
+@_one_name_is_a_list
 def verify_manifest(
     path: str | os.PathLike[str],
     manifest: str | os.PathLike[str] | None = None,
@@ -395,6 +419,7 @@ def verify_manifest(
         return source.verified
 
 
+@_one_name_is_a_list
 def bundle(
     path: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -450,6 +475,7 @@ class _Recording:
         _note(self.inner, message)
 
 
+@_one_name_is_a_list
 def provision(
     path: str | os.PathLike[str],
     url: str | DatabaseURL | None = None,
