@@ -751,6 +751,28 @@ def test_copy_from_stdin_is_refused_before_anything_runs(
     assert "a" not in postgres_db.tables()
 
 
+def test_a_file_only_psql_can_run_is_run_by_hand_then_marked(
+    postgres_db: Database, tmp_path: Path
+) -> None:
+    # The documented way out: run it with psql, then `mark` it. mark refused it as apply
+    # does, so every later run of the tree stayed blocked.
+    copy = "CREATE TABLE cp (id INT);\nCOPY cp FROM stdin;\n1\n2\n\\.\n"
+    tree = write_tree(tmp_path / "app", {"1_copy.up.sql": copy})
+    assert run_cli("migrations", "apply", str(tree), "--url", postgres_db.url).returncode == 5
+    by_hand = subprocess.run(
+        ["psql", "-v", "ON_ERROR_STOP=1", "-q", postgres_db.url, "-f", str(tree / "1_copy.up.sql")],
+        capture_output=True,
+        text=True,
+    )
+    assert by_hand.returncode == 0, by_hand.stderr
+    args = ("--url", postgres_db.url, "--set", "app", "--version", "1", "--applied")
+    marked = run_cli("migrations", "mark", str(tree), *args)
+    assert marked.returncode == 0, marked.stderr
+    assert run_cli("migrations", "inspect", str(tree), "--url", postgres_db.url).returncode == 0
+    assert postgres_db.query("SELECT status FROM app") == [("applied",)]
+    assert postgres_db.query("SELECT id FROM cp ORDER BY id") == [(1,), (2,)]
+
+
 @both_pg_clients
 def test_session_settings_do_not_leak_into_the_next_migration(db: Database, tmp_path: Path) -> None:
     first = {

@@ -407,11 +407,18 @@ class StatementList(Sequence["Statement"]):
         return result
 
 
-def prepare(step: Step, dialect: Dialect, atomic_possible: Callable[[Sequence[str]], bool]) -> Step:
+def prepare(
+    step: Step,
+    dialect: Dialect,
+    atomic_possible: Callable[[Sequence[str]], bool],
+    *,
+    to_run: bool = True,
+) -> Step:
     """Split and check a step's SQL for this database, before anything runs.
 
     Statements are checked one at a time as the splitter finds them, and only their
-    offsets are kept (`StatementList`).
+    offsets are kept (`StatementList`). Without `to_run` (`mark`: someone ran the file
+    by hand), statements whimbrel cannot run itself, such as COPY FROM STDIN, pass.
     """
     from whimbrel.sqlsplit import SplitError, is_transaction_control, iter_statements
 
@@ -421,6 +428,8 @@ def prepare(step: Step, dialect: Dialect, atomic_possible: Callable[[Sequence[st
     atomic = section.transaction
     changes_session = False
     creates_relation_regex, session_statement_regex, refusal = _checks(dialect)
+    if not to_run:
+        refusal = None
     creates_relation = creates_relation_regex.match
     session_statement = session_statement_regex.match
     try:
@@ -1564,7 +1573,8 @@ def mark(
                 f"set {set_name!r}: migration {version} has no file; cannot mark it applied"
             )
         up = _step(set_name, "up", migration, migration.up)
-        statements = prepare(up, driver.dialect, driver.can_run_atomically).statements
+        prepared = prepare(up, driver.dialect, driver.can_run_atomically, to_run=False)
+        statements = prepared.statements
         if not state.table_exists:
             driver.create_table(table)
         if target.row is not None:
