@@ -865,6 +865,22 @@ def test_empty_down_section_cannot_be_reverted(db: Database, tmp_path: Path) -> 
     assert result.returncode == 8
     assert "the down section of 2_b.sql is empty" in result.stderr
     assert [r[0] for r in db.tracking("app")] == [1, 2]
+    # The down section written afterwards: the recorded one is still empty, and the way
+    # out is to record the file as it is now.
+    (tree / "2_b.sql").write_text(
+        "-- migrate:up\nCREATE TABLE e2 (id INT);\n-- migrate:down\nDROP TABLE e2;\n"
+    )
+    drifted = run_cli("migrations", "revert", str(tree), "--url", db.url, "--allow-drift")
+    assert drifted.returncode == 8
+    assert "the down section recorded when 2_b.sql was applied is empty" in drifted.stderr
+    marked = run_cli(
+        "migrations", "mark", str(tree), "--url", db.url, "--set", "app", "--version", "2",
+        "--applied",
+    )  # fmt: skip
+    assert marked.returncode == 0, marked.stderr
+    reverted = run_cli("migrations", "revert", str(tree), "--url", db.url)
+    assert reverted.returncode == 0, reverted.stderr
+    assert "e2" not in db.tables()
 
 
 def test_resume_after_switching_to_a_transaction(sqlite_db: Database, tmp_path: Path) -> None:

@@ -1259,12 +1259,21 @@ def _prepare_all(driver: Driver, steps: Sequence[tuple[Step, MigrationState]]) -
     for step, state in steps:
         prepared = prepare(step, driver.dialect, driver.can_run_atomically)
         if step.direction == "down" and not prepared.statements:
+            mark = f"`whimbrel migrations mark ... --set {step.set_name} --version {step.version}"
+            if step.section.file.endswith(_RECORDED):  # the file changed, or is gone
+                raise RefusedError(
+                    f"refusing to revert; nothing was changed: set {step.set_name!r}: the down "
+                    f"section recorded when {state.file} was applied is empty, so reverting it "
+                    "would undo nothing. If the file's down section now holds the SQL that "
+                    f"undoes it, record the file as it is first ({mark} --applied`), then "
+                    f"revert; if there truly is nothing to undo, record that ({mark} "
+                    "--not-applied`)."
+                )
             raise RefusedError(
                 f"refusing to revert; nothing was changed: set {step.set_name!r}: the down "
                 f"section of {state.file} is empty, so reverting it would undo nothing. Write "
                 "the SQL that undoes it, or if there truly is nothing to undo, record that "
-                f"with `whimbrel migrations mark ... --set {step.set_name} --version "
-                f"{step.version} --not-applied`."
+                f"with {mark} --not-applied`."
             )
         if state.status == "dirty":
             prepared = _check_resume(prepared, state)
@@ -1521,7 +1530,7 @@ def _down_section(state: SetState, target: MigrationState, driver: Driver) -> Se
         if transaction and migration is not None and migration.down is not None:
             transaction = migration.down.transaction  # recorded before the option was
         return Section(
-            file=f"{target.file} (down section recorded when applied)",
+            file=target.file + _RECORDED,
             sql=recorded.removeprefix(_RECORDED_NO_TRANSACTION),
             line_offset=0,
             transaction=transaction,
@@ -1529,6 +1538,7 @@ def _down_section(state: SetState, target: MigrationState, driver: Driver) -> Se
     return migration.down if migration is not None else None
 
 
+_RECORDED = " (down section recorded when applied)"
 # Heads a recorded down section that runs outside a transaction: reverting a migration whose
 # file is gone (or changed) needs the option as much as its SQL.
 _RECORDED_NO_TRANSACTION = "-- whimbrel recorded: transaction:false\n"
