@@ -155,6 +155,20 @@ def test_up_and_down_names_must_match(tmp_path: Path) -> None:
     assert "different names" in error.message
 
 
+def test_dbmate_marker_followed_by_a_note(tmp_path: Path) -> None:
+    # dbmate ignores words without a colon after a marker; options still count.
+    write_tree(
+        tmp_path / "s",
+        {
+            "20240101000000_x.sql": "-- migrate:up create the users table transaction:false\n"
+            "CREATE TABLE users (id int);\n-- migrate:down drop it again\nDROP TABLE users;\n"
+        },
+    )
+    (migration,) = discover(tmp_path / "s")[0].migrations
+    assert migration.up.transaction is False and "CREATE TABLE users" in migration.up.sql
+    assert migration.down is not None and migration.down.transaction is True
+
+
 @pytest.mark.parametrize(
     ("content", "expected", "line"),
     [

@@ -501,12 +501,15 @@ def _check_no_nul(text: str, set_name: str, filename: str) -> None:
 
 
 def _parse_options(raw: str, set_name: str, filename: str, line: int) -> bool:
-    """Parse `key:value` options after a marker; return the `transaction` flag."""
+    """Parse `key:value` options after a marker; return the `transaction` flag. Words
+    without a colon are a note, which dbmate ignores too; a misspelt option is an error."""
     transaction = True
     for item in raw.split():
         key, sep, value = item.partition(":")
+        if not sep:
+            continue
         allowed = _KNOWN_OPTIONS.get(key)
-        if not sep or allowed is None or value not in allowed:
+        if allowed is None or value not in allowed:
             raise InvalidMigrationsError(
                 f"unknown option {item!r}: the only option is transaction:false",
                 set_name=set_name,
