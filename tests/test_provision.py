@@ -158,6 +158,25 @@ def test_url_without_a_database_is_a_usage_error() -> None:
         provision.wait_until_ready("mysql://root@127.0.0.1:3306/", timeout=5)
 
 
+@pytest.mark.parametrize(
+    ("base", "limit", "message"),
+    [(POSTGRES_URL, 63, "is 64 bytes long; PostgreSQL allows at most 63"),
+     (MYSQL_URL, 64, "is 65 characters long; MySQL allows at most 64")],
+)  # fmt: skip
+def test_a_database_name_the_server_would_cut_short_is_refused(
+    base: str, limit: int, message: str
+) -> None:
+    # PostgreSQL kept the first 63 bytes: "created database <64 chars>" named another one.
+    name = "whimbrel_" + "x" * (limit - 8)
+    url = base.rsplit("/", 1)[0] + "/" + name
+    result = run_cli(
+        "migrations", "apply", str(EXAMPLES / "ftl" / "db"), "--url", url, "--create-db"
+    )
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert message in result.stderr
+    assert not provision.database_exists(base.rsplit("/", 1)[0] + "/" + name[:limit])
+
+
 def test_create_database_refused_reports_without_password(postgres_db: Database) -> None:
     """A role without CREATEDB gets exit-9 DatabaseError, and the password stays hidden."""
     role = f"whimbrel_r_{uuid.uuid4().hex[:8]}"

@@ -90,6 +90,17 @@ def database_name(url: str | DatabaseURL) -> str:
             name = str(params.get("user") or "") or os.environ.get("PGUSER") or _os_user()
     if not name:
         raise UsageError(f"the URL {parsed} names no database: add /DBNAME")
+    # The server would cut a longer name short, and create or drop another database.
+    limit, unit, size = (
+        (63, "bytes", len(name.encode()))
+        if parsed.dialect == "postgres"
+        else (64, "characters", len(name))
+    )
+    if size > limit:
+        raise UsageError(
+            f"the database name {name!r} is {size} {unit} long; "
+            f"{'PostgreSQL' if parsed.dialect == 'postgres' else 'MySQL'} allows at most {limit}"
+        )
     return name
 
 
