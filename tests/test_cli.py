@@ -275,7 +275,7 @@ def test_comment_only_file_is_invalid_and_nothing_runs(db: Database, tmp_path: P
     )
     result = run_cli("migrations", "apply", str(tree), "--url", db.url)
     assert result.returncode == 5
-    assert "2_b.up.sql: has no SQL statements (only comments)" in result.stderr
+    assert "2_b.up.sql: has no SQL statements (only comments or empty ones)" in result.stderr
     assert "a" not in db.tables()
 
 

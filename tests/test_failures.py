@@ -195,6 +195,18 @@ def test_non_transactional_statement_hint(postgres_db: Database, tmp_path: Path)
     assert fixed.returncode == 0, fixed.stderr
 
 
+def test_non_transactional_statement_hint_on_sqlite(sqlite_db: Database, tmp_path: Path) -> None:
+    tree = write_tree(tmp_path / "app", {"1_v.up.sql": "CREATE TABLE t (id INT);\nVACUUM;\n"})
+    result = run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url)
+    assert result.returncode == 1
+    assert "cannot VACUUM from within a transaction" in result.stderr
+    assert "mark the section with `transaction:false`" in result.stderr
+    directive = "-- whimbrel: transaction:false\n"
+    (tree / "1_v.up.sql").write_text(directive + (tree / "1_v.up.sql").read_text())
+    fixed = run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url)
+    assert fixed.returncode == 0, fixed.stderr
+
+
 @both_pg_clients
 def test_syntax_error_line_on_postgres(postgres_db: Database, tmp_path: Path) -> None:
     tree = write_tree(

@@ -114,20 +114,20 @@ CASES = [
         "only-comments",
         {"app/1_a.up.sql": "-- nothing here\n/* nor\n here */\n"},
         5,
-        ("set 'app': file 1_a.up.sql: has no SQL statements (only comments)",),
+        ("set 'app': file 1_a.up.sql: has no SQL statements (only comments or empty ones)",),
     ),
     Case(
         "only-comments-mysql-hash",
         {"app/1_a.up.sql": "# a MySQL comment\n-- and another\n"},
         5,
-        ("set 'app': file 1_a.up.sql: has no SQL statements (only comments)",),
+        ("set 'app': file 1_a.up.sql: has no SQL statements (only comments or empty ones)",),
         dialect="mysql",
     ),
     Case(
         "dbmate-up-section-only-comments",
         {"app/1_a.sql": "-- migrate:up\n-- TODO\n-- migrate:down\nDROP TABLE a;\n"},
         5,
-        ("set 'app': file 1_a.sql: has no SQL statements (only comments)",),
+        ("set 'app': file 1_a.sql: has no SQL statements (only comments or empty ones)",),
     ),
     Case(
         "dbmate-without-markers",

@@ -465,7 +465,9 @@ def prepare(
         ) from None
     if not statements and step.direction == "up":
         raise InvalidMigrationsError(
-            "has no SQL statements (only comments)", set_name=step.set_name, file=section.file
+            "has no SQL statements (only comments or empty ones)",
+            set_name=step.set_name,
+            file=section.file,
         )
     own_transactions = bool(control)
     return replace(
@@ -552,7 +554,8 @@ def _failure(
     message = f"{verb} failed: {where}:\n{_indent(exc.message)}"
     if statement_text is not None:
         message += "\n  statement:\n" + _indent(_clip(statement_text), "    ")
-    if exc.sqlstate in ("25001", "2D000"):
+    # PostgreSQL's SQLSTATEs; SQLite says "cannot VACUUM from within a transaction".
+    if exc.sqlstate in ("25001", "2D000") or "from within a transaction" in exc.message:
         message += (
             "\n  hint: this statement cannot run inside a transaction (or commits itself); "
             "mark the section with `transaction:false`"
