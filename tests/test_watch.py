@@ -288,7 +288,7 @@ def test_without_reset_an_empty_down_section_is_reported_and_watching_goes_on(
     watcher.expect(r"^watching db")
     save(app / "001_items.sql", dbmate("CREATE TABLE items (a INT, b INT)"))
     watcher.expect(r"^==> app/001_items\.sql changed since it was applied: REVERTING")
-    watcher.expect(r"down section of 001_items\.sql is empty", stream="err")
+    watcher.expect(r"down section recorded when 001_items\.sql was applied is empty", stream="err")
     watcher.expect(r"restart it with --reset", stream="err")
     watcher.expect(r"^\(still watching", stream="err")
     watcher.expect(r"^watching db")
