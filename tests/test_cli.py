@@ -370,6 +370,17 @@ def test_json_output_of_a_failed_run_says_what_ran(sqlite_db: Database, tmp_path
     assert "error:" in result.stderr
 
 
+def test_mark_needs_the_outcome(sqlite_db: Database, tmp_path: Path) -> None:
+    # click 8.2+ let it through as --not-applied: an applied migration recorded as pending.
+    tree = dracon(tmp_path)
+    assert run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url).returncode == 0
+    args = ("--url", sqlite_db.url, "--set", "experimental_component", "--version", "2")
+    result = run_cli("migrations", "mark", str(tree), *args)
+    assert result.returncode == 2, result.stdout
+    assert "pass --applied or --not-applied" in result.stderr
+    assert run_cli("migrations", "inspect", str(tree), "--url", sqlite_db.url).returncode == 0
+
+
 def test_mark_applied_accepts_an_intended_edit(sqlite_db: Database, tmp_path: Path) -> None:
     tree = dracon(tmp_path)
     url = sqlite_db.url

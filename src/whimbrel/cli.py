@@ -442,6 +442,13 @@ def revert(
     )
 
 
+def _one_of_the_pair(applied: bool | None) -> bool:
+    # click 8.2+ no longer enforces required=True on a boolean flag pair.
+    if applied is None:
+        raise click.UsageError("pass --applied or --not-applied: which is the outcome?")
+    return applied
+
+
 @migrations.command(cls=KubeCommand, epilog=COMMAND_HELP)
 @path_argument
 @url_option
@@ -451,6 +458,7 @@ def revert(
     "--applied/--not-applied",
     required=True,
     default=None,
+    callback=lambda _ctx, _param, value: _one_of_the_pair(value),
     help="Record it as applied (without running it) or as not applied.",
 )
 @lock_timeout
