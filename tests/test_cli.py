@@ -6,10 +6,11 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
-from conftest import EXAMPLES, Database, both_pg_clients, run_cli, write_tree
+from conftest import EXAMPLES, Database, both_pg_clients, run_cli, whimbrel_executable, write_tree
 
 
 def dracon(tmp_path: Path) -> Path:
@@ -368,6 +369,25 @@ def test_json_output_of_a_failed_run_says_what_ran(sqlite_db: Database, tmp_path
     )
     assert doc["error"]["rolled_back"] is True
     assert "error:" in result.stderr
+
+
+def test_a_reader_that_leaves_early_does_not_stop_the_run(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    # `apply | head -1`: the run stopped between two migrations, exit 1, saying nothing.
+    tree = write_tree(
+        tmp_path / "app", {f"{n:03}_t.up.sql": f"CREATE TABLE t{n} (id INT);" for n in range(300)}
+    )
+    command = [*whimbrel_executable(), "migrations", "apply", str(tree), "--url", sqlite_db.url]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith(b"app: applying 000_t.up.sql")
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0, stderr
+    assert stderr == b""
+    assert run_cli("migrations", "inspect", str(tree), "--url", sqlite_db.url).returncode == 0
+    assert len(sqlite_db.tracking("app")) == 300
 
 
 def test_mark_needs_the_outcome(sqlite_db: Database, tmp_path: Path) -> None:

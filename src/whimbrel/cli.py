@@ -977,8 +977,47 @@ def run() -> None:
         gc.freeze()
 
 
+class _StdoutWhoseReaderMayLeave:
+    """sys.stdout, except that once its reader has gone (`whimbrel ... | head -1`) the rest
+    is dropped: the run goes on to the end and exits as it would have, rather than stopping
+    between two migrations on a BrokenPipeError."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return int(self._stream.write(text))
+            except BrokenPipeError:
+                self._leave()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._leave()
+
+    def _leave(self) -> None:
+        import os
+
+        self._gone = True
+        # The interpreter flushes stdout once more as it exits: let that go nowhere too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def _run() -> None:
     signal.signal(signal.SIGTERM, _stop)
+    if sys.stdout is not None and not isinstance(sys.stdout, _StdoutWhoseReaderMayLeave):
+        sys.stdout = _StdoutWhoseReaderMayLeave(sys.stdout)
     try:
         main(standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # pragma: no cover - click >= 8.2
