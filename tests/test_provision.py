@@ -13,7 +13,15 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import EXAMPLES, MYSQL_URL, POSTGRES_URL, Database, run_cli, unreachable
+from conftest import (
+    EXAMPLES,
+    MYSQL_URL,
+    POSTGRES_URL,
+    Database,
+    run_cli,
+    unreachable,
+    write_tree,
+)
 from whimbrel import provisioning as provision
 from whimbrel.errors import ConnectionFailed, ExitCode, UsageError
 
@@ -195,6 +203,37 @@ def test_create_database_refused_reports_without_password(postgres_db: Database)
 
 
 # -- the CLI ------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["apply", "provision"])
+def test_a_tree_that_would_be_refused_creates_no_database(
+    fresh_url: tuple[str, str], tmp_path: Path, command: str
+) -> None:
+    # Checks that need the database's dialect ran only after the database was created:
+    # a refused tree left an empty database behind.
+    tree = write_tree(
+        tmp_path / "t",
+        {
+            "s/001_a.up.sql": "CREATE TABLE a (id INT);",
+            "s/002_b.up.sql": "CREATE TABLE s (id INT);",
+        },
+    )
+    _, url = fresh_url
+    extra = ["--create-db"] if command == "apply" else []
+    result = run_cli("migrations", command, str(tree), "--url", url, *extra)
+    assert result.returncode == ExitCode.INVALID_MIGRATIONS, result.stderr
+    assert "002_b.up.sql, line 1: creates a table or view named 's'" in result.stderr
+    assert "created database" not in result.stderr
+    assert not provision.database_exists(url)
+
+
+def test_provision_json_says_how_long_it_waited_when_the_wait_timed_out(tmp_path: Path) -> None:
+    result = run_cli(
+        "migrations", "provision", str(EXAMPLES / "ftl/db"), "-o", "json", "--wait-timeout",
+        "1", "--url", "postgresql://app@127.0.0.1:1/testdb",
+    )  # fmt: skip
+    assert result.returncode == ExitCode.CONNECTION, result.stderr
+    assert json.loads(result.stdout)["database"]["waited_s"] >= 1.0
+
+
 def test_apply_create_db_and_wait(fresh_url: tuple[str, str]) -> None:
     dialect, url = fresh_url
     missing = run_cli(

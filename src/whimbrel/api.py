@@ -181,6 +181,7 @@ def apply(
             reporter=reporter,
             # apply creates a missing SQLite file itself: wait only for its folder.
             need_database=not create_db and parsed.dialect != "sqlite",
+            sets=source.sets,
         )
         if not exists:
             result = _plan_for_missing_database(source.sets, parsed)
@@ -301,10 +302,12 @@ def _ready(
     dry_run: bool = False,
     reporter: object = None,
     need_database: bool = True,
+    sets: Sequence[MigrationSet] = (),
 ) -> tuple[bool, bool]:
     """Wait for the server and create the database as asked; return (created, exists).
 
-    `exists` is False only for a dry run that would have created the database.
+    `exists` is False only for a dry run that would have created the database. Before
+    creating it, every migration of `sets` is checked.
     """
     seconds = _wait_seconds(wait)
     if seconds is None and not create_db:
@@ -327,10 +330,18 @@ def _ready(
             return False, True
         _note(reporter, f"would create database {name!r}")
         return False, False
-    created = prov.create_database(url, connect_timeout=connect_timeout)
+    created = _create_checked(url, sets, connect_timeout)
     if created:
         _note(reporter, f"created database {name!r}")
     return created, True
+
+
+def _create_checked(url: DatabaseURL, sets: Sequence[MigrationSet], connect_timeout: float) -> bool:
+    from whimbrel import provisioning as prov
+
+    if sets and not prov.database_exists(url, connect_timeout=connect_timeout):
+        engine.check_all(sets, url.dialect)
+    return prov.create_database(url, connect_timeout=connect_timeout)
 
 
 def _plan_for_missing_database(sets: Sequence[MigrationSet], url: DatabaseURL) -> RunResult:
@@ -516,18 +527,20 @@ def provision(
             result.run = RunResult(command="apply", dry_run=False, sets=names)
             started = time.monotonic()
             _note_verified(reporter, source.verified)
-            prov.wait_until_ready(
-                parsed,
-                wait_timeout,
-                # Without create_db the database must exist, a SQLite file too: provision
-                # never creates what it was told not to.
-                need_database=not create_db,
-                connect_timeout=connect_timeout,
-                on_retry=_wait_notes(reporter, parsed, wait_timeout),
-            )
-            result.waited_s = time.monotonic() - started
+            try:
+                prov.wait_until_ready(
+                    parsed,
+                    wait_timeout,
+                    # Without create_db the database must exist, a SQLite file too:
+                    # provision never creates what it was told not to.
+                    need_database=not create_db,
+                    connect_timeout=connect_timeout,
+                    on_retry=_wait_notes(reporter, parsed, wait_timeout),
+                )
+            finally:
+                result.waited_s = time.monotonic() - started
             if create_db:
-                result.created = prov.create_database(parsed, connect_timeout=connect_timeout)
+                result.created = _create_checked(parsed, source.sets, connect_timeout)
                 if result.created:
                     _note(reporter, f"created database {result.database!r}")
             options = RunOptions(

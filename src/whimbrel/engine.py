@@ -1000,6 +1000,16 @@ def _up_steps(states: Sequence[SetState], options: RunOptions) -> list[tuple[Ste
     return steps
 
 
+def check_all(sets: Sequence[MigrationSet], dialect: Dialect) -> None:
+    """Check every migration's SQL for this database, as a run checks those it will run:
+    for a database about to be created, that is all of them (nothing is created for a
+    tree that would be refused)."""
+    for migration_set in sets:
+        for migration in migration_set.migrations:
+            step = _step(migration_set.name, "up", migration, migration.up)
+            prepare(step, dialect, lambda _statements: True)
+
+
 def _step(set_name: str, direction: Direction, migration: Migration, section: Section) -> Step:
     # Discovery parses sections lazily: check the whole file (its down section is recorded
     # with it) now, before anything runs.
