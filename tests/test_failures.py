@@ -200,7 +200,7 @@ def test_non_transactional_statement_hint_on_sqlite(sqlite_db: Database, tmp_pat
     result = run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url)
     assert result.returncode == 1
     assert "cannot VACUUM from within a transaction" in result.stderr
-    assert "mark the section with `transaction:false`" in result.stderr
+    assert "start the file with the line `-- whimbrel: transaction:false`" in result.stderr
     directive = "-- whimbrel: transaction:false\n"
     (tree / "1_v.up.sql").write_text(directive + (tree / "1_v.up.sql").read_text())
     fixed = run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url)

@@ -556,9 +556,13 @@ def _failure(
         message += "\n  statement:\n" + _indent(_clip(statement_text), "    ")
     # PostgreSQL's SQLSTATEs; SQLite says "cannot VACUUM from within a transaction".
     if exc.sqlstate in ("25001", "2D000") or "from within a transaction" in exc.message:
+        how = (
+            "start the file with the line `-- whimbrel: transaction:false`"
+            if step.migration is not None and step.migration.format == "golang-migrate"
+            else "mark the section with `transaction:false` (`-- migrate:up transaction:false`)"
+        )
         message += (
-            "\n  hint: this statement cannot run inside a transaction (or commits itself); "
-            "mark the section with `transaction:false`"
+            "\n  hint: this statement cannot run inside a transaction (or commits itself); " + how
         )
     message += "\n" + after
     return MigrationFailed(
