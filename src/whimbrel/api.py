@@ -423,7 +423,9 @@ def verify_manifest(
     """
     dialect = _url(url).dialect if url else None
     if manifest is None and not os.path.isfile(path):
-        raise UsageError(f"{path} is a folder: name the manifest to verify it against")
+        raise UsageError(
+            f"{path} is a folder: name the manifest to verify it against (--manifest FILE)"
+        )
     with open_sets(
         path, sets=sets, manifest=manifest, manifest_store=store, dialect=dialect
     ) as source:

@@ -283,7 +283,9 @@ def check_safe(
                 problems.append(
                     f"set {state.name!r}: {changed.file} was modified after it was applied "
                     f"(recorded sha256 {changed.recorded_sha256}, file sha256 {changed.sha256}). "
-                    "Restore the file, or pass --allow-drift to go on anyway."
+                    "Restore the file; if the change is on purpose, record the file as it is "
+                    f"(`whimbrel migrations mark ... --set {state.name} --version "
+                    f"{changed.version} --applied`); or pass --allow-drift to go on anyway."
                 )
             for missing in state.with_status("missing"):
                 problems.append(

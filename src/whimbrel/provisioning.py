@@ -199,7 +199,7 @@ def wait_until_ready(
             else:
                 last = (
                     f"the server is up, but the database {database_name(parsed)!r} does not "
-                    "exist (apply --create-db creates it)"
+                    "exist (--create-db creates it; provision does unless --no-create-db)"
                 )
         if on_retry is not None:
             on_retry(last)
