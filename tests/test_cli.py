@@ -390,6 +390,33 @@ def test_a_reader_that_leaves_early_does_not_stop_the_run(
     assert len(sqlite_db.tracking("app")) == 300
 
 
+def test_json_documents_keep_their_shape_on_refusals_and_errors(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    # A refusal printed only {"error": ...}; inspect printed no document at all.
+    tree = dracon(tmp_path)
+    applied = run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url, "-o", "json")
+    assert applied.returncode == 0, applied.stderr
+    keys = {"command", "dry_run", "sets", "migrations", "error"}
+    assert set(json.loads(applied.stdout)) == keys
+    assert json.loads(applied.stdout)["error"] is None
+    up = tree / "enrichments/001_init.up.sql"
+    up.write_text(up.read_text() + "-- edited\n")
+    refused = run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url, "-o", "json")
+    assert refused.returncode == 8, refused.stderr
+    doc = json.loads(refused.stdout)
+    assert set(doc) == keys and doc["migrations"] == [] and doc["command"] == "apply"
+    assert doc["error"]["exit_code"] == 8
+    assert inspect_json(tree, sqlite_db)["error"] is None
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    failed = run_cli("migrations", "inspect", str(tree), "--url", missing, "-o", "json")
+    assert failed.returncode == 6
+    assert json.loads(failed.stdout) == {
+        "sets": [],
+        "error": {"exit_code": 6, "message": json.loads(failed.stdout)["error"]["message"]},
+    }
+
+
 def test_mark_needs_the_outcome(sqlite_db: Database, tmp_path: Path) -> None:
     # click 8.2+ let it through as --not-applied: an applied migration recorded as pending.
     tree = dracon(tmp_path)

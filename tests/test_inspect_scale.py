@@ -117,7 +117,7 @@ def reference_json(states: Sequence[SetState]) -> str:
         }
         for state in states
     ]
-    return json.dumps({"sets": sets}, indent=2)
+    return json.dumps({"sets": sets, "error": None}, indent=2)
 
 
 def reference_compare(

@@ -241,6 +241,11 @@ def inspect(
             wait=False if wait is None else wait,
         )
     except WhimbrelError as exc:
+        if output == "json":  # the document's shape, with no sets and the error
+            import json
+
+            doc = {"sets": [], "error": json.loads(render.run_json(None, exc))["error"]}
+            click.echo(redact(json.dumps(doc, indent=2), _secrets))
         _fail(exc)
     if output == "json":
         click.echo(render.inspect_json(states))
@@ -258,9 +263,12 @@ def _run_and_report(
 ) -> None:
     """Run apply/revert with progress lines (text) or one JSON document, and report."""
     from whimbrel import output as render
+    from whimbrel.engine import RunResult
 
     as_json = output == "json"
     reporter = None if as_json else render.ProgressReporter()
+    # What a refusal before the run (drift, a lock time-out, a bad path) reports: no run.
+    nothing = RunResult(command=command.__name__, dry_run=bool(kwargs.get("dry_run")), sets=[])
     try:
         result = command(*args, reporter=reporter, **kwargs)
     except WhimbrelError as exc:
@@ -268,7 +276,8 @@ def _run_and_report(
             reporter.failed()
         if as_json:
             # A script still learns what this run did before it failed.
-            click.echo(redact(render.run_json(exc.partial, error=exc), _secrets))
+            ran = exc.partial if isinstance(exc.partial, RunResult) else nothing
+            click.echo(redact(render.run_json(ran, error=exc), _secrets))
         _fail(exc)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
         if reporter is not None:
@@ -276,7 +285,10 @@ def _run_and_report(
         if as_json:  # automation gets its document on an interruption too
             import json
 
-            doc = json.loads(render.run_json(getattr(exc, "partial", None)))
+            partial = getattr(exc, "partial", None)
+            doc = json.loads(
+                render.run_json(partial if isinstance(partial, RunResult) else nothing)
+            )
             signum = _signal_received[0] if _signal_received else signal.SIGINT
             message = exc.message if isinstance(exc, Interrupted) else "interrupted"
             doc["error"] = {"exit_code": 128 + signum, "message": message}

@@ -49,7 +49,7 @@ def inspect_json(states: Sequence[SetState]) -> str:
     C), ~130 ms for the 10,000 migrations of an inspect; this is ~4x faster.
     """
     if not states:
-        return '{\n  "sets": []\n}'
+        return '{\n  "sets": [],\n  "error": null\n}'
     texts = []
     for state in states:
         late = {m.version for m in state.out_of_order}
@@ -63,7 +63,7 @@ def inspect_json(states: Sequence[SetState]) -> str:
             f'\n      "path": {_str(str(state.set.path))},\n      "migrations": '
             + (f"[\n{migrations}\n      ]\n    }}" if migrations else "[]\n    }")
         )
-    return '{\n  "sets": [\n' + ",\n".join(texts) + "\n  ]\n}"
+    return '{\n  "sets": [\n' + ",\n".join(texts) + '\n  ],\n  "error": null\n}'
 
 
 _str = json.encoder.encode_basestring_ascii  # how json.dumps writes a string
@@ -245,7 +245,8 @@ def _print_inspect_rich(states: Sequence[SetState]) -> None:
 
 
 def run_json(result: object, error: WhimbrelError | None = None) -> str:
-    """The JSON document of an apply/revert run; with `error`, of the part that ran."""
+    """The JSON document of an apply/revert run; with `error`, of the part that ran. The
+    same keys whatever happened: `error` is null after a success."""
     doc: dict[str, Any] = {}
     if isinstance(result, RunResult):
         doc = {
@@ -256,6 +257,7 @@ def run_json(result: object, error: WhimbrelError | None = None) -> str:
         }
         if result.database_created is not None:
             doc["database_created"] = result.database_created
+        doc["error"] = None
     if error is not None:
         doc["error"] = {"exit_code": int(error.exit_code), "message": error.message}
         if isinstance(error, MigrationFailed):
