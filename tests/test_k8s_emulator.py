@@ -683,6 +683,25 @@ def test_active_deadline_and_ttl_after_finished(
     assert err.value.status.code == 404
 
 
+def test_a_container_that_exits_before_its_start_is_published_counts_once(
+    cluster: EmulatedCluster, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under load the exit was published first, then the start, which saw the exit too and
+    # counted the restart again: two failures looked like four, over the backoff limit.
+    kubelet = cluster.controllers.kubelet
+    start = kubelet.start
+
+    def slow_start(pod: Any) -> Any:
+        runtime = start(pod)
+        if runtime.process is not None:
+            runtime.process.wait()
+        time.sleep(0.2)  # the reader thread publishes the exit meanwhile
+        return runtime
+
+    monkeypatch.setattr(kubelet, "start", slow_start)
+    test_restart_policy_on_failure_restarts_in_place(cluster, client, tmp_path)
+
+
 def test_restart_policy_on_failure_restarts_in_place(
     cluster: EmulatedCluster, client: Client, tmp_path: Path
 ) -> None:

@@ -526,6 +526,13 @@ class Controllers:
         meta = pod["metadata"]
         with self._publish_lock:
             exit_code = runtime.exit_code
+            if exit_code is not None:
+                # A container that exits at once can be published as exited by its reader
+                # thread before _start publishes it as started: count its exit only once
+                # (a restart counted twice failed a Job under load), and never overwrite it.
+                if runtime.exit_published:
+                    return
+                runtime.exit_published = True
 
             policy = pod["spec"].get("restartPolicy", "Always")
             restart = (

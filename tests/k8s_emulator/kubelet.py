@@ -142,6 +142,7 @@ class Runtime:
     kill_deadline: float | None = None
     restart_at: float | None = None  # restartPolicy OnFailure/Always: when to start again
     reader: threading.Thread | None = None
+    exit_published: bool = False  # its exit is in the pod's status (and counted, once)
 
 
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
