@@ -167,7 +167,7 @@ def test_revert_without_down_is_refused_before_anything_runs(
     assert run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url).returncode == 0
     result = run_cli("migrations", "revert", str(tree), "--url", sqlite_db.url, "--all")
     assert result.returncode == 8
-    assert "2_b.up.sql has no down migration" in result.stderr
+    assert "2_b.up.sql has no down migration (no 2_b.down.sql beside it)" in result.stderr
     assert {"a", "b"} <= sqlite_db.tables()
 
 

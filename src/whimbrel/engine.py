@@ -1518,9 +1518,12 @@ def _down_steps(
     for target in chosen:
         section = _down_section(state, target, driver)
         if section is None:
+            expected = ""
+            if target.file.endswith(".up.sql"):
+                expected = f" (no {target.file.removesuffix('.up.sql')}.down.sql beside it)"
             raise RefusedError(
                 f"refusing to revert; nothing was changed: set {state.name!r}: "
-                f"{target.file} has no down migration, so it cannot be reverted"
+                f"{target.file} has no down migration{expected}, so it cannot be reverted"
             )
         step = Step(
             set_name=state.name,
