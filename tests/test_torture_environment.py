@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -21,6 +22,7 @@ import pytest
 from conftest import Database, both_pg_clients, run_cli, write_tree
 from test_failures import _wait_until
 from torture_support import read_until, spawn
+from whimbrel.urls import parse_url
 
 SECRET = "Tr0ub4dor&3-secret"
 QUOTED_SECRET = "Tr0ub4dor%263-secret"  # as it is written in a URL
@@ -110,6 +112,89 @@ def test_mysql_url_asking_for_tls_gets_tls_or_no_connection(
         assert "SSL is required but the server doesn't support it" in result.stderr or (
             "the URL asks for TLS, which the server does not offer" in result.stderr
         )
+
+
+# A self-signed certificate, as a CA file: only loaded, never used to connect.
+_CA_PEM = """\
+-----BEGIN CERTIFICATE-----
+MIIDFzCCAf+gAwIBAgIUPUI0QG19RDjDys9xJsk9kJwyjqIwDQYJKoZIhvcNAQEL
+BQAwGzEZMBcGA1UEAwwQd2hpbWJyZWwgdGVzdCBDQTAeFw0yNjExMjExNjU0NDha
+Fw0zNjExMTgxNjU0NDhaMBsxGTAXBgNVBAMMEHdoaW1icmVsIHRlc3QgQ0EwggEi
+MA0GCSqGSIb3DQEBAQUAA4IBDwAwggEKAoIBAQD2iEYf0isk5Td4JCwh7zjiVYjG
+/V46vxMN0jqMUVt84zMYKSVaasLSPMtHxkOEWQ9DGZ7BZffFNcokynwStEyFZOgU
+c79mZPA8causgRF+SFJuSFN7SSSjwxTb9oCgGcY/V4FVdBkLMmkuo2pXcO3AUCyb
+sHcPsbesJOGOtifjZuxn/uvBVi97+exh39BYPdMZRiv7GIqW5IYZusSN3RULE6v2
+c/zPK/UNJrEsiimeXu7XzdvMOEQhVJQtqK6Vr7BWLbs7gLHTvZ5wuahifKlm1Ed+
+iYXcuED8puvmk7ZmKOoR9oV8uj6nGgjziTWLXQ3lwzoMj4/xzhAWP0BdP9ttAgMB
+AAGjUzBRMB0GA1UdDgQWBBTLBX85MCJ/KVub5/1t7uSuSEz/iDAfBgNVHSMEGDAW
+gBTLBX85MCJ/KVub5/1t7uSuSEz/iDAPBgNVHRMBAf8EBTADAQH/MA0GCSqGSIb3
+DQEBCwUAA4IBAQBWqUPiQlLX+ghOdfHOSt2N9gWkMMkXbeXlV7fBEjOkZu3VT8PW
+kvohr68mFeEkkg/wkMIyUU5Os7OUU6+NWiUx8UZR+vfEyYA1b6kj7rGX6bmGaeG+
+5fSCbgZ9O0ryyZ+3L2rrDResj91ppICpD/lyt6IxZfllCDj1twTEHoalEEdpjUx0
+jKmnySIALaLHAaboTRFDRUvx9aWBxtGOM6mch1Mz2UPzJ6/YjoF/NYohcUe3PosU
+ACb5WiQZnHAmkA8l5mdSY5AfVvPaOsDeiOzIoGKC1X/prqxTjRz5GmBMHdpvdZ3l
+wz3c2HhDLGjLlyrxsnx18i7VZrB5l2z4ex7T
+-----END CERTIFICATE-----
+"""
+
+
+def _pymysql_context(query: str) -> ssl.SSLContext | None:
+    """The TLS context PyMySQL builds from the URL's options, without connecting."""
+    import pymysql
+
+    from whimbrel.drivers.mysql import url_options
+
+    options = url_options(parse_url(f"mysql://root@127.0.0.1:3306/db?{query}"))
+    conn = pymysql.connections.Connection(defer_connect=True, **options)  # type: ignore[arg-type]
+    return conn.ctx if conn.ssl else None  # type: ignore[no-any-return]
+
+
+def test_mysql_tls_options_build_the_context_they_promise(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text(_CA_PEM)
+    # A CA without verification: PyMySQL turned the host-name check on, and ssl refused
+    # to turn verification off under it (a ValueError, a traceback).
+    relaxed = _pymysql_context(f"ssl_ca={ca}&ssl_verify_cert=false")
+    assert relaxed is not None
+    assert relaxed.verify_mode == ssl.CERT_NONE and not relaxed.check_hostname
+    # Checks asked for without a CA: PyMySQL quietly checked nothing; the system's CAs.
+    for query in ("ssl_verify_identity=true", "tls=true"):
+        strict = _pymysql_context(query)
+        assert strict is not None, query
+        assert strict.verify_mode == ssl.CERT_REQUIRED and strict.check_hostname, query
+    with_ca = _pymysql_context(f"ssl_ca={ca}")
+    assert with_ca is not None and with_ca.verify_mode == ssl.CERT_REQUIRED
+    unverified = _pymysql_context("ssl=true")
+    assert unverified is not None and unverified.verify_mode == ssl.CERT_NONE
+
+
+def test_mysql_tls_options_that_cannot_be_used_are_a_usage_error(
+    mysql_db: Database, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    url = f"{mysql_db.url}?ssl_ca={junk}"
+    result = run_cli("migrations", "inspect", str(_tree(tmp_path)), "--url", url)
+    assert result.returncode == 2, result.stderr
+    assert "its TLS options cannot be used" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("query", "code"), [("sslmode=require", 2), ("tls=true", 6)])
+def test_provisioning_checks_mysql_url_options_before_creating(
+    mysql_db: Database, tmp_path: Path, query: str, code: int
+) -> None:
+    # Its admin connection read the options its own way: plain text, then "created".
+    if mysql_db.query("SHOW VARIABLES LIKE 'have_ssl'")[0][1] == "YES" and code == 6:
+        pytest.skip("this server offers TLS: tls=true would connect")
+    name = f"{mysql_db.name}_new"
+    url = mysql_db.url.rsplit("/", 1)[0] + f"/{name}?{query}"
+    result = run_cli(
+        "migrations", "provision", str(_tree(tmp_path)), "--url", url, "--wait-timeout", "1"
+    )
+    assert result.returncode == code, result.stderr
+    assert "created database" not in result.stderr
+    assert mysql_db.query("SHOW DATABASES LIKE %s", (name,)) == []
 
 
 class _FakePostgres:

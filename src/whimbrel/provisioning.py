@@ -370,31 +370,22 @@ def _pg_drop(url: DatabaseURL, name: str, connect_timeout: float) -> bool:
 def _mysql_connect(
     url: DatabaseURL, connect_timeout: float, *, database: bool
 ) -> pymysql.connections.Connection[Any]:
-    from whimbrel.drivers.mysql import import_pymysql
+    from whimbrel.drivers.mysql import import_pymysql, open_connection, url_options
 
     import_pymysql()  # without the cryptography it does not need
-    import pymysql
-
-    params = url.params
     kwargs: dict[str, Any] = {
         "host": url.host or "localhost",
         "port": url.port or 3306,
         "user": url.user or "root",
         "password": url.password or "",
-        "charset": params.get("charset", "utf8mb4"),
         "autocommit": True,
         "connect_timeout": max(1, round(connect_timeout)),
         "program_name": "whimbrel provision",
+        **url_options(url),  # the migration connection's, checked the same way
     }
     if database:
         kwargs["database"] = database_name(url)
-    socket = params.get("socket") or params.get("unix_socket")
-    if socket:
-        kwargs["unix_socket"] = socket
-    ssl = {k.removeprefix("ssl_"): v for k, v in params.items() if k.startswith("ssl_")}
-    if ssl or params.get("ssl", "").lower() in {"true", "1"}:
-        kwargs["ssl"] = ssl
-    return pymysql.connect(**kwargs)
+    return open_connection(url, kwargs)  # type: ignore[no-any-return]
 
 
 @contextlib.contextmanager

@@ -405,8 +405,7 @@ def _connect(database: MigratedDatabase) -> Any:
         import psycopg
 
         return psycopg.connect(database.url)
-    import pymysql
-
+    from whimbrel.drivers.mysql import open_connection, url_options
     from whimbrel.urls import parse_url
 
     url = parse_url(database.url)
@@ -416,9 +415,6 @@ def _connect(database: MigratedDatabase) -> Any:
         "user": url.user or "root",
         "password": url.password or "",
         "database": url.database,
-        "charset": url.params.get("charset", "utf8mb4"),
+        **url_options(url),
     }
-    socket = url.params.get("socket") or url.params.get("unix_socket")
-    if socket:
-        kwargs["unix_socket"] = socket
-    return pymysql.connect(**kwargs)
+    return open_connection(url, kwargs)

@@ -109,9 +109,8 @@ class MySQLDriver(Driver):
             "client_flag": CLIENT.MULTI_STATEMENTS,
             "connect_timeout": max(1, round(connect_timeout)),
             "program_name": application_name[:32],
-            **_url_options(url),
+            **url_options(url),
         }
-        self._tls_required = bool(self._connect_kwargs.get("ssl"))
         self.conn = self._connect()
         # Whether read_rows_many reads rows as JSON text: on MariaDB 10.5+ (10.11 is tested;
         # MySQL's JSON differs in details, so it keeps the plain rows), with the utf8mb4
@@ -145,16 +144,9 @@ class MySQLDriver(Driver):
             # greeting and the login is bounded by read_timeout, so a peer that accepts and
             # stays silent would hang us. Bound them both, then lift it for the statements.
             timeout = self._connect_kwargs["connect_timeout"]
-            conn = _connection_class()(**self._connect_kwargs, read_timeout=timeout)  # type: ignore[call-overload]
+            conn = open_connection(self.url, {**self._connect_kwargs, "read_timeout": timeout})
         except pymysql.MySQLError as exc:
             raise ConnectionFailed(f"cannot connect to {self.url}: {self._describe(exc)}") from None
-        if self._tls_required and not hasattr(conn._sock, "cipher"):  # not an SSLSocket
-            # PyMySQL < 1.2 falls back to plain text when the server offers no TLS.
-            conn.close()
-            raise ConnectionFailed(
-                f"cannot connect to {self.url}: the URL asks for TLS, which the server does "
-                "not offer"
-            )
         conn._read_timeout = None
         if hasattr(conn, "_current_timeout"):  # PyMySQL >= 1.1.1 re-applies it lazily
             conn._current_timeout = None
@@ -687,6 +679,23 @@ def _connection_class() -> type[Connection]:
     return _CONNECTION_CLASS
 
 
+def open_connection(url: DatabaseURL, kwargs: dict[str, object]) -> Any:
+    """A PyMySQL connection with `kwargs` (url_options' among them). TLS options that
+    cannot be set up are a UsageError, TLS asked for and not used a ConnectionFailed;
+    PyMySQL's own errors pass through."""
+    try:
+        conn = _connection_class()(**kwargs)  # type: ignore[call-overload]
+    except (ValueError, OSError) as exc:  # building the TLS context: a CA that is no CA...
+        raise UsageError(f"the MySQL URL {url}: its TLS options cannot be used: {exc}") from None
+    if kwargs.get("ssl") and not hasattr(conn._sock, "cipher"):  # not an SSLSocket
+        # PyMySQL < 1.2 falls back to plain text when the server offers no TLS.
+        conn.close()
+        raise ConnectionFailed(
+            f"cannot connect to {url}: the URL asks for TLS, which the server does not offer"
+        )
+    return conn
+
+
 _URL_OPTIONS = (
     "charset, socket (or unix_socket), ssl=true|false, ssl_ca, ssl_capath, ssl_cert, ssl_key, "
     "ssl_cipher, ssl_verify_cert, ssl_verify_identity, tls=true|false|skip-verify|preferred"
@@ -694,7 +703,7 @@ _URL_OPTIONS = (
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
-def _url_options(url: DatabaseURL) -> dict[str, object]:
+def url_options(url: DatabaseURL) -> dict[str, object]:
     """PyMySQL's keyword arguments for the URL's ?options, checked: an unknown or misspelt
     option is refused, not ignored, and asking for TLS means TLS or no connection.
 
@@ -753,11 +762,20 @@ def _url_options(url: DatabaseURL) -> dict[str, object]:
             raise fail(f"unknown option {key!r} (known: {_URL_OPTIONS})")
     if (context or verify) and options.get("ssl_disabled"):
         raise fail("TLS options given with ssl=false or tls=false")
-    if verify and ("ca" in context or "capath" in context):
-        context.update(verify_mode=True, check_hostname=True)
-    elif verify:
-        # PyMySQL checks no host name without a CA of its own: the system's, as Go does.
+    has_ca = "ca" in context or "capath" in context
+    if context.get("verify_mode") is False:
+        # PyMySQL checks the host name whenever it has a CA, even of a certificate it is
+        # told not to verify, which ssl refuses (a ValueError): no check means neither.
+        context["check_hostname"] = False
+    elif verify and has_ca:
+        context.update(verify_mode=True, check_hostname=context.get("check_hostname", True))
+    elif not has_ca and (
+        verify or True in (context.get("verify_mode"), context.get("check_hostname"))
+    ):
+        # Checks asked for without a CA: PyMySQL would quietly check nothing. Use the
+        # system's CAs, as Go's tls=true does.
         tls = ssl.create_default_context()
+        tls.check_hostname = bool(context.get("check_hostname", True))
         if "cert" in context:
             tls.load_cert_chain(str(context["cert"]), context.get("key"))  # type: ignore[arg-type]
         if "cipher" in context:
