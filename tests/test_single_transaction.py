@@ -165,3 +165,22 @@ def test_mysql_tables_without_transactions_keep_their_changes_and_the_message_sa
     assert "nothing of 003_broken.up.sql was applied" not in result.stderr
     assert mysql_db.query("SELECT id FROM mi") == [(2,)]
     assert [r[0] for r in mysql_db.query("SELECT version FROM app")] == [1]
+
+
+def test_temporary_tables_may_join_one_transaction_on_sqlite(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    # Refused as "changes the session" once temporary tables started a fresh session
+    # after each migration; within one transaction the run is one unit.
+    tree = write_tree(
+        tmp_path / "app",
+        {
+            "001_t.up.sql": "CREATE TABLE t (id INT);",
+            "002_rows.up.sql": "CREATE TEMP TABLE scratch (id INT);\n"
+            "INSERT INTO scratch VALUES (2);\nINSERT INTO t SELECT id FROM scratch;\n",
+        },
+    )
+    args = ("migrations", "apply", str(tree), "--url", sqlite_db.url, "--single-transaction")
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert sqlite_db.query("SELECT id FROM t") == [(2,)]

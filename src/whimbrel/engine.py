@@ -341,6 +341,17 @@ _SESSION_STATEMENT = (
 )
 
 
+_SETTING_STATEMENT = re.compile(
+    r"(?:/\*M?!\d*\s*)?(?:set|reset|use|pragma|attach|detach|call)\b", re.IGNORECASE
+)
+
+
+def _changes_settings(step: Step) -> bool:
+    """Of the statements that change the session, those that change more than its
+    temporary objects and prepared statements."""
+    return any(_SETTING_STATEMENT.match(s.text) for s in step.statements)
+
+
 _Checks = tuple[re.Pattern[str], re.Pattern[str], tuple[re.Pattern[str], str] | None]
 
 
@@ -1132,9 +1143,9 @@ def _check_single_transaction(driver: Driver, planned: Sequence[Step]) -> None:
             why = "it manages its own transactions (BEGIN/COMMIT)"
         elif not step.atomic:
             why = "it has DDL or other statements that commit implicitly on MySQL/MariaDB"
-        elif step.changes_session and driver.dialect != "postgres":
+        elif step.changes_session and driver.dialect != "postgres" and _changes_settings(step):
             # Resetting the session means a new connection here, which would end the run's
-            # transaction.
+            # transaction. Temporary tables stay for the run: it is one unit.
             why = "it changes the session (SET, USE, PRAGMA, ATTACH, CALL)"
         if why:
             problems.append(f"set {step.set_name!r}: {step.file}: {why}")

@@ -196,15 +196,16 @@ def print_inspect(states: Sequence[SetState], out: TextIO | None = None) -> None
         if any(status in _PROBLEMS for status in set(columns[2])):
             for m in state.with_status(*_PROBLEMS):
                 out.write(f"  ! {_problem(m)}\n")
-        for m in state.out_of_order:
-            out.write(f"  ! {_out_of_order(state, m)}\n")
+        late = state.out_of_order
+        if late:
+            newest = max(r.version for r in state.recorded)
+            out.write("".join(f"  ! {_out_of_order(m, newest)}\n" for m in late))
 
 
 _PROBLEMS: tuple[Status, ...] = ("dirty", "modified")
 
 
-def _out_of_order(state: SetState, m: MigrationState) -> str:
-    newest = max(r.version for r in state.recorded)
+def _out_of_order(m: MigrationState, newest: int) -> str:
     return (
         f"{m.file}: pending, but older than the newest applied migration ({newest}): "
         "apply refuses it (out of order) unless --allow-out-of-order"
@@ -240,8 +241,10 @@ def _print_inspect_rich(states: Sequence[SetState]) -> None:
         console.print(table)
         for m in state.with_status("dirty", "modified"):
             console.print(f"  [red]![/red] {_problem(m)}", highlight=False)
-        for m in state.out_of_order:
-            console.print(f"  [red]![/red] {_out_of_order(state, m)}", highlight=False)
+        late = state.out_of_order
+        newest = max((r.version for r in state.recorded), default=0)
+        for m in late:
+            console.print(f"  [red]![/red] {_out_of_order(m, newest)}", highlight=False)
 
 
 def run_json(result: object, error: WhimbrelError | None = None) -> str:

@@ -66,6 +66,9 @@ _NO_TRANSACTION = re.compile(
 )
 
 
+_DISCARD_ALL = re.compile(r"discard\s+all\b", re.IGNORECASE)
+
+
 # libpq's codes (libpq-fe.h, postgres_ext.h), so that the shared code needs no psycopg.pq.
 FATAL_ERROR = 7  # ExecStatusType PGRES_FATAL_ERROR
 COPY_STATUSES = frozenset({3, 4, 8})  # PGRES_COPY_OUT, PGRES_COPY_IN, PGRES_COPY_BOTH
@@ -568,7 +571,8 @@ class PostgresDriver(Driver):
             except StatementError as exc:
                 # Refused inside a transaction block (rolled back, nothing ran), and
                 # _NO_TRANSACTION did not know it (REINDEX SCHEMA, a SUBSCRIPTION...).
-                if exc.sqlstate != "25001":
+                # Not DISCARD ALL: alone, it would release whimbrel's advisory locks.
+                if exc.sqlstate != "25001" or _DISCARD_ALL.match(sql):
                     raise
         # Alone, so that statements such as CREATE INDEX CONCURRENTLY can run.
         self.run_statement(sql)
