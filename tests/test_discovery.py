@@ -177,6 +177,8 @@ def test_dbmate_marker_followed_by_a_note(tmp_path: Path) -> None:
         ("-- migrate:down\nDROP TABLE t;\n-- migrate:up\nSELECT 1;\n", "comes before", 1),
         ("SELECT 1;\n-- migrate:up\nSELECT 2;\n-- migrate:down\n", "SQL before", 1),
         ("-- migrate:up transaction:flase\nSELECT 1;\n-- migrate:down\n", "unknown option", 1),
+        ("-- migrate:up transaction=false\nSELECT 1;\n-- migrate:down\n", "unknown option", 1),
+        ("-- migrate:up notes\nSELECT 1;\n-- migrate:down Transaction\n", "unknown option", 3),
         ("-- migrate:up\nSELECT 1;\n-- migrate:up\n-- migrate:down\n", "second", 3),
         ("-- migrate:up\n\n-- migrate:down\nDROP TABLE t;\n", "section is empty", 1),
         ("", "file is empty", None),

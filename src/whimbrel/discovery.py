@@ -500,13 +500,21 @@ def _check_no_nul(text: str, set_name: str, filename: str) -> None:
         )
 
 
-def _parse_options(raw: str, set_name: str, filename: str, line: int) -> bool:
-    """Parse `key:value` options after a marker; return the `transaction` flag. Words
-    without a colon are a note, which dbmate ignores too; a misspelt option is an error."""
+def _parse_options(
+    raw: str, set_name: str, filename: str, line: int, *, notes: bool = False
+) -> bool:
+    """Parse `key:value` options after a marker; return the `transaction` flag. With
+    `notes` (dbmate's markers), words without a colon are a note, which dbmate ignores
+    too, unless they look like a misspelt option (`transaction=false`)."""
     transaction = True
     for item in raw.split():
         key, sep, value = item.partition(":")
-        if not sep:
+        if (
+            not sep
+            and notes
+            and "=" not in item
+            and not item.lower().startswith(tuple(_KNOWN_OPTIONS))
+        ):
             continue
         allowed = _KNOWN_OPTIONS.get(key)
         if allowed is None or value not in allowed:
@@ -595,8 +603,10 @@ def _dbmate_sections(set_name: str, filename: str, text: str) -> tuple[Section, 
                 file=filename,
                 line=number,
             )
-    up_transaction = _parse_options(up_marker["options"], set_name, filename, up_line)
-    down_transaction = _parse_options(down_marker["options"], set_name, filename, down_line)
+    up_transaction = _parse_options(up_marker["options"], set_name, filename, up_line, notes=True)
+    down_transaction = _parse_options(
+        down_marker["options"], set_name, filename, down_line, notes=True
+    )
     up_sql = text[up_marker.end() : down_marker.start()]
     if not up_sql.strip():
         raise InvalidMigrationsError(
