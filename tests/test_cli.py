@@ -390,6 +390,21 @@ def test_a_reader_that_leaves_early_does_not_stop_the_run(
     assert len(sqlite_db.tracking("app")) == 300
 
 
+def test_a_reader_that_leaves_early_gets_the_run_s_exit_code_with_2_to_1(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    # `whimbrel ... 2>&1 | true`: the refusal's message on the closed pipe ended in exit 1.
+    tree = dracon(tmp_path)
+    assert run_cli("migrations", "apply", str(tree), "--url", sqlite_db.url).returncode == 0
+    up = tree / "enrichments/001_init.up.sql"
+    up.write_text(up.read_text() + "-- edited\n")
+    command = [*whimbrel_executable(), "migrations", "apply", str(tree), "--url", sqlite_db.url]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        assert proc.stdout is not None
+        proc.stdout.close()  # gone before anything is written
+        assert proc.wait(timeout=60) == 8
+
+
 def test_json_documents_keep_their_shape_on_refusals_and_errors(
     sqlite_db: Database, tmp_path: Path
 ) -> None:

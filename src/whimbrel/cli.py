@@ -989,10 +989,10 @@ def run() -> None:
         gc.freeze()
 
 
-class _StdoutWhoseReaderMayLeave:
-    """sys.stdout, except that once its reader has gone (`whimbrel ... | head -1`) the rest
-    is dropped: the run goes on to the end and exits as it would have, rather than stopping
-    between two migrations on a BrokenPipeError."""
+class _StreamWhoseReaderMayLeave:
+    """sys.stdout (or stderr), except that once its reader has gone (`whimbrel ... | head
+    -1`) the rest is dropped: the run goes on to the end and exits as it would have, rather
+    than stopping between two migrations on a BrokenPipeError."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -1028,8 +1028,10 @@ class _StdoutWhoseReaderMayLeave:
 
 def _run() -> None:
     signal.signal(signal.SIGTERM, _stop)
-    if sys.stdout is not None and not isinstance(sys.stdout, _StdoutWhoseReaderMayLeave):
-        sys.stdout = _StdoutWhoseReaderMayLeave(sys.stdout)
+    if sys.stdout is not None and not isinstance(sys.stdout, _StreamWhoseReaderMayLeave):
+        sys.stdout = _StreamWhoseReaderMayLeave(sys.stdout)
+    if sys.stderr is not None and not isinstance(sys.stderr, _StreamWhoseReaderMayLeave):
+        sys.stderr = _StreamWhoseReaderMayLeave(sys.stderr)  # `2>&1 | head` shares the pipe
     try:
         main(standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # pragma: no cover - click >= 8.2
