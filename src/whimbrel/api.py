@@ -186,7 +186,12 @@ def apply(
         if not exists:
             result = _plan_for_missing_database(source.sets, parsed)
         else:
-            result = engine.apply(source.sets, parsed, options, reporter)
+            try:
+                result = engine.apply(source.sets, parsed, options, reporter)
+            except WhimbrelError as exc:
+                if create_db and isinstance(exc.partial, RunResult):
+                    exc.partial.database_created = created  # JSON keeps its keys
+                raise
         if create_db:
             result.database_created = created
         return result

@@ -1290,7 +1290,15 @@ def _prepare_all(driver: Driver, steps: Sequence[tuple[Step, MigrationState]]) -
         prepared = prepare(step, driver.dialect, driver.can_run_atomically)
         if step.direction == "down" and not prepared.statements:
             mark = f"`whimbrel migrations mark ... --set {step.set_name} --version {step.version}"
-            if step.section.file.endswith(_RECORDED):  # the file changed, or is gone
+            if step.section.file.endswith(_RECORDED) and state.migration is None:
+                raise RefusedError(
+                    f"refusing to revert; nothing was changed: set {step.set_name!r}: the down "
+                    f"section recorded when {state.file} was applied is empty, and the file is "
+                    "gone, so reverting it would undo nothing. Restore the file with the SQL "
+                    "that undoes it, or if there truly is nothing to undo, record that "
+                    f"({mark} --not-applied`)."
+                )
+            if step.section.file.endswith(_RECORDED):  # the file changed
                 raise RefusedError(
                     f"refusing to revert; nothing was changed: set {step.set_name!r}: the down "
                     f"section recorded when {state.file} was applied is empty, so reverting it "
@@ -1530,7 +1538,7 @@ def _down_steps(
         section = _down_section(state, target, driver)
         if section is None:
             expected = ""
-            if target.file.endswith(".up.sql"):
+            if target.migration is not None and target.file.endswith(".up.sql"):
                 expected = f" (no {target.file.removesuffix('.up.sql')}.down.sql beside it)"
             raise RefusedError(
                 f"refusing to revert; nothing was changed: set {state.name!r}: "
