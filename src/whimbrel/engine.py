@@ -335,15 +335,12 @@ _CREATES_RELATION = (
 # Statements that may change the session for the migrations after them (mysqldump writes
 # them as executable comments: /*!40101 SET NAMES utf8 */), temporary objects and prepared
 # statements included: the next migration starts without them, however a run groups them.
+_DUMP_COMMENT = r"(?:/\*M?!\d*\s*)?"
+_SETTINGS = r"set|reset|use|pragma|attach|detach|call"
 _SESSION_STATEMENT = (
-    r"(?:/\*M?!\d*\s*)?(?:set|reset|use|pragma|attach|detach|call|prepare"
-    r"|create\s+(?:(?:global|local)\s+)?temp(?:orary)?)\b"
+    rf"{_DUMP_COMMENT}(?:{_SETTINGS}|prepare|create\s+(?:(?:global|local)\s+)?temp(?:orary)?)\b"
 )
-
-
-_SETTING_STATEMENT = re.compile(
-    r"(?:/\*M?!\d*\s*)?(?:set|reset|use|pragma|attach|detach|call)\b", re.IGNORECASE
-)
+_SETTING_STATEMENT = re.compile(rf"{_DUMP_COMMENT}(?:{_SETTINGS})\b", re.IGNORECASE)
 
 
 def _changes_settings(step: Step) -> bool:

@@ -242,9 +242,10 @@ def _print_inspect_rich(states: Sequence[SetState]) -> None:
         for m in state.with_status("dirty", "modified"):
             console.print(f"  [red]![/red] {_problem(m)}", highlight=False)
         late = state.out_of_order
-        newest = max((r.version for r in state.recorded), default=0)
-        for m in late:
-            console.print(f"  [red]![/red] {_out_of_order(m, newest)}", highlight=False)
+        if late:
+            newest = max(r.version for r in state.recorded)
+            for m in late:
+                console.print(f"  [red]![/red] {_out_of_order(m, newest)}", highlight=False)
 
 
 def run_json(result: object, error: WhimbrelError | None = None) -> str:

@@ -370,18 +370,14 @@ def _pg_drop(url: DatabaseURL, name: str, connect_timeout: float) -> bool:
 def _mysql_connect(
     url: DatabaseURL, connect_timeout: float, *, database: bool
 ) -> pymysql.connections.Connection[Any]:
-    from whimbrel.drivers.mysql import import_pymysql, open_connection, url_options
+    from whimbrel.drivers.mysql import connection_kwargs, import_pymysql, open_connection
 
     import_pymysql()  # without the cryptography it does not need
     kwargs: dict[str, Any] = {
-        "host": url.host or "localhost",
-        "port": url.port or 3306,
-        "user": url.user or "root",
-        "password": url.password or "",
+        **connection_kwargs(url),  # the migration connection's, checked the same way
         "autocommit": True,
         "connect_timeout": max(1, round(connect_timeout)),
         "program_name": "whimbrel provision",
-        **url_options(url),  # the migration connection's, checked the same way
     }
     if database:
         kwargs["database"] = database_name(url)

@@ -405,16 +405,8 @@ def _connect(database: MigratedDatabase) -> Any:
         import psycopg
 
         return psycopg.connect(database.url)
-    from whimbrel.drivers.mysql import open_connection, url_options
+    from whimbrel.drivers.mysql import connection_kwargs, open_connection
     from whimbrel.urls import parse_url
 
     url = parse_url(database.url)
-    kwargs: dict[str, Any] = {
-        "host": url.host or "localhost",
-        "port": url.port or 3306,
-        "user": url.user or "root",
-        "password": url.password or "",
-        "database": url.database,
-        **url_options(url),
-    }
-    return open_connection(url, kwargs)
+    return open_connection(url, {**connection_kwargs(url), "database": url.database})

@@ -100,16 +100,12 @@ class MySQLDriver(Driver):
         if not url.database:
             raise UsageError(f"the MySQL URL {url} names no database: add /DBNAME")
         self._connect_kwargs: dict[str, object] = {
-            "host": url.host or "localhost",
-            "port": url.port or 3306,
-            "user": url.user or "root",
-            "password": url.password or "",
+            **connection_kwargs(url),
             "database": url.database,
             "autocommit": True,
             "client_flag": CLIENT.MULTI_STATEMENTS,
             "connect_timeout": max(1, round(connect_timeout)),
             "program_name": application_name[:32],
-            **url_options(url),
         }
         self.conn = self._connect()
         # Whether read_rows_many reads rows as JSON text: on MariaDB 10.5+ (10.11 is tested;
@@ -677,6 +673,18 @@ def _connection_class() -> type[Connection]:
 
         _CONNECTION_CLASS = _Connection
     return _CONNECTION_CLASS
+
+
+def connection_kwargs(url: DatabaseURL) -> dict[str, object]:
+    """PyMySQL's keyword arguments for where and as whom the URL connects, its ?options
+    checked (url_options); the database is the caller's to add."""
+    return {
+        "host": url.host or "localhost",
+        "port": url.port or 3306,
+        "user": url.user or "root",
+        "password": url.password or "",
+        **url_options(url),
+    }
 
 
 def open_connection(url: DatabaseURL, kwargs: dict[str, object]) -> Any:
